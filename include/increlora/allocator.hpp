@@ -1,0 +1,166 @@
+#pragma once
+/// \file
+/// `RankAllocator`: scores every adapted layer with the paper's smoothed importance and grows the rank of the
+/// most important ones, round after round, until the rank budget is met.
+
+#include "increlora/log.hpp"
+#include "increlora/modules.hpp"
+
+#include <torch/arg.h>
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace increlora {
+
+/// Options of `RankAllocator`, named as the original's keyword arguments and command-line flags.
+///
+/// Example (the seed README's quickstart):
+/// \code
+///   increlora::RankAllocator allocator(*model, increlora::RankAllocatorOptions()
+///       .lora_r(1).target_rank(2).init_warmup(1000).incre_interval(1000).top_h(2)
+///       .beta1(0.85).beta2(0.85).total_step(20000));
+/// \endcode
+struct RankAllocatorOptions {
+  /// The initial rank of every incremental matrix; every adapted layer must have been built with r = lora_r.
+  TORCH_ARG(int64_t, lora_r) = 1;
+  /// The average rank per layer at the end: the budget is target_rank × number of adapted layers...
+  TORCH_ARG(int64_t, target_rank) = 2;
+  /// ...unless this total rank is given (> 0).
+  TORCH_ARG(int64_t, target_total_rank) = 0;
+  /// Steps before the first allocation: allocations happen at steps t > init_warmup with
+  /// t % incre_interval == 0, as in the original.
+  TORCH_ARG(int64_t, init_warmup) = 0;
+  /// Steps between two allocations.
+  TORCH_ARG(int64_t, incre_interval) = 100;
+  /// Number of layers that grow at each allocation.
+  TORCH_ARG(int64_t, top_h) = 1;
+  /// Triplets each chosen layer gains (and the size of the advance-learning reserve). 0 picks
+  /// max(1, average target rank / 2), the rule behind the original's table {2: 1, 4: 2, 6: 3, 8: 4}.
+  TORCH_ARG(int64_t, incre_rank_num) = 0;
+  /// EMA coefficient of the sensitivity Ī ← β1 Ī + (1 − β1) S.
+  TORCH_ARG(double, beta1) = 0.85;
+  /// EMA coefficient of the uncertainty Ū ← β2 Ū + (1 − β2) |S − Ī|.
+  TORCH_ARG(double, beta2) = 0.85;
+  /// Total optimizer steps of the training run; when > 0 the allocator checks that the schedule ends
+  /// before it.
+  TORCH_ARG(int64_t, total_step) = 0;
+  /// Advance learning: each layer keeps `incre_rank_num` reserve triplets whose P and Q train while λ is
+  /// held, so that a chosen layer's new triplets start from what they learned.
+  TORCH_ARG(bool, advance_learn) = false;
+  /// Steps scored before each allocation. 0 derives it from the betas so that the EMA weight left out is
+  /// below 1 % (29 steps for β = 0.85).
+  TORCH_ARG(int64_t, score_window) = 0;
+  /// Score every step from the first until the budget is met, as the original does (slower, for checks).
+  TORCH_ARG(bool, exact_scoring) = false;
+  /// Called with the per-layer score vector (float32, one entry per adapted layer, on the model's device)
+  /// before the EMA update. Under several processes, all-reduce it here (see distributed.hpp) so that every
+  /// process makes the same allocation.
+  TORCH_ARG(std::function<void(torch::Tensor&)>, reduce_scores) = nullptr;
+  /// Receives one line per allocation round; silent when empty.
+  TORCH_ARG(LogSink, log) = nullptr;
+};
+
+/// What happened to one layer at one allocation, returned as data (format it as you like).
+struct AllocationEvent {
+  int64_t step = 0;        ///< the global step of the allocation
+  int64_t round = 0;       ///< 1 for the first allocation round
+  std::string module;      ///< qualified name of the layer
+  int64_t old_rank = 0;
+  int64_t new_rank = 0;    ///< equal to old_rank when the layer was skipped
+  double score = 0.0;      ///< the layer's smoothed importance Ī · Ū at the allocation
+  bool at_capacity = false;  ///< the layer was among the top but full, so it was skipped
+};
+
+/// The allocator's state as plain data: what a checkpoint must keep so that training resumes exactly.
+struct RankAllocatorState {
+  int64_t round = 0;
+  int64_t total_rank = 0;
+  bool budget_met = false;
+  /// The step whose score the next `update_and_increase` call will read (-1: none armed).
+  int64_t armed_step = -1;
+  torch::Tensor sensitivity;   ///< Ī per layer, float32, CPU
+  torch::Tensor uncertainty;   ///< Ū per layer, float32, CPU
+};
+
+/// Grows the rank of `SVDLinear` layers during training (IncreLoRA's budget scheduler). Call
+/// `update_and_increase` after `backward()` and before `optimizer.step()` at every optimizer step.
+///
+/// Scoring costs one extra matrix product per adapted layer in the backward, so it runs only in a window
+/// before each allocation (see `score_window`) and stops once the budget is met; the per-layer scores stay on
+/// the device and are read by the host only at allocations. Ties between equal scores go to the layer
+/// registered first, so the same scores always give the same allocation.
+class RankAllocator {
+ public:
+  RankAllocator(torch::nn::Module& model, RankAllocatorOptions options);
+  ~RankAllocator();
+  RankAllocator(const RankAllocator&) = delete;
+  RankAllocator& operator=(const RankAllocator&) = delete;
+
+  /// Reads the scores of step `global_step` (when it was scored), updates the EMAs, allocates when the step is
+  /// an allocation step, and prepares the scoring of step `global_step + 1`. `optimizer` must hold the
+  /// adapter banks (checked on first use). Returns this step's allocation events (empty on most steps).
+  std::vector<AllocationEvent> update_and_increase(torch::nn::Module& model, int64_t global_step,
+                                                   const torch::optim::Optimizer& optimizer);
+  /// The same without the optimizer check.
+  std::vector<AllocationEvent> update_and_increase(torch::nn::Module& model, int64_t global_step);
+
+  /// Qualified layer name → current rank.
+  std::map<std::string, int64_t> rank_pattern() const;
+  int64_t total_rank() const { return total_rank_; }
+  /// The rank budget: target_total_rank, or target_rank × number of adapted layers.
+  int64_t budget() const { return budget_; }
+  bool budget_met() const { return budget_met_; }
+  /// Allocation rounds done so far, and the number the budget needs when no layer is full.
+  int64_t round() const { return round_; }
+  int64_t planned_rounds() const { return planned_rounds_; }
+  /// The step of the k-th allocation (k = 1, 2, ...).
+  int64_t allocation_step(int64_t k) const;
+  bool is_allocation_step(int64_t global_step) const;
+  /// Whether the backward of step `global_step` computes importance scores.
+  bool is_scoring_step(int64_t global_step) const;
+  int64_t score_window() const { return window_; }
+  int64_t incre_rank_num() const { return incre_rank_num_; }
+  const RankAllocatorOptions& options() const { return options_; }
+  /// The adapted layers in the order the score vectors use.
+  const std::vector<NamedSVDLinear>& modules() const { return modules_; }
+  /// Current Ī · Ū per layer (float32, CPU).
+  torch::Tensor scores() const;
+
+  RankAllocatorState state() const;
+  /// Restores a state saved by `state()` on an allocator built with the same options over the same model
+  /// (whose adapter was restored too), and re-arms scoring for the next step.
+  void load_state(const RankAllocatorState& state);
+
+ private:
+  std::vector<AllocationEvent> allocate(int64_t global_step);
+  void arm(int64_t global_step);
+  void disarm();
+  void check_optimizer(const torch::optim::Optimizer& optimizer);
+  void log(const std::string& line) const;
+
+  RankAllocatorOptions options_;
+  const torch::nn::Module* model_;
+  std::vector<NamedSVDLinear> modules_;
+  int64_t incre_rank_num_ = 1;
+  int64_t budget_ = 0;
+  int64_t initial_total_ = 0;
+  int64_t total_rank_ = 0;
+  int64_t planned_rounds_ = 0;
+  int64_t window_ = 0;
+  int64_t round_ = 0;
+  bool budget_met_ = false;
+  int64_t armed_step_ = -1;
+  torch::Tensor accum_;        // [layers] float32 on the model's device: Σ S of the armed step
+  torch::Tensor sensitivity_;  // Ī
+  torch::Tensor uncertainty_;  // Ū
+  const torch::optim::Optimizer* checked_optimizer_ = nullptr;
+};
+
+}  // namespace increlora

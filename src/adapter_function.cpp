@@ -1,0 +1,108 @@
+#include "increlora/detail/adapter_function.hpp"
+
+#include <torch/autograd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+namespace increlora::detail {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Largest G block (rows × in) materialised while scoring: 16M elements, 64 MiB in float32.
+constexpr int64_t kScoreBlockElements = int64_t{1} << 24;
+
+torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_use, double reserve_lambda) {
+  const int64_t reserve = in_use - lambda_active.numel();
+  if (reserve == 0) return lambda_active;
+  return torch::cat({lambda_active, torch::full({reserve}, reserve_lambda, lambda_active.options())});
+}
+
+struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& P,
+                               const torch::Tensor& lambda_active, const torch::Tensor& Q, double scale,
+                               double reserve_lambda, const std::optional<torch::Tensor>& score_sink) {
+    const auto x2 = x.reshape({-1, x.size(-1)});
+    const auto coeff = effective_lambda(lambda_active, Q.size(0), reserve_lambda) * scale;
+    const auto h = torch::mm(x2, Q.t());  // [tokens × n]
+    auto y = torch::mm(h * coeff, P.t());  // [tokens × out]
+    ctx->save_for_backward({x2, h, P, lambda_active, Q, coeff});
+    ctx->saved_data["scale"] = scale;
+    if (score_sink.has_value() && score_sink->defined()) ctx->saved_data["sink"] = *score_sink;
+    auto out_shape = x.sizes().vec();
+    out_shape.back() = P.size(0);
+    return y.view(out_shape);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x2 = saved[0];
+    const auto& h = saved[1];
+    const auto& P = saved[2];
+    const auto& lambda_active = saved[3];
+    const auto& Q = saved[4];
+    const auto& coeff = saved[5];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const auto dy = grad_outputs[0].reshape({-1, P.size(0)});
+
+    const auto dh_scaled = torch::mm(dy, P);  // ∂L/∂(h ⊙ coeff), [tokens × n]
+    torch::Tensor dx, dP, dlambda, dQ;
+    if (ctx->needs_input_grad(1)) dP = torch::mm(dy.t(), h * coeff);
+    if (ctx->needs_input_grad(2)) {
+      const int64_t active = lambda_active.numel();
+      dlambda = (dh_scaled.narrow(1, 0, active) * h.narrow(1, 0, active)).sum(0) * scale;
+    }
+    const auto dh = dh_scaled * coeff;
+    if (ctx->needs_input_grad(3)) dQ = torch::mm(dh.t(), x2);
+    if (ctx->needs_input_grad(0)) {
+      const auto in_shape = grad_outputs[0].sizes().vec();
+      auto shape = in_shape;
+      shape.back() = Q.size(1);
+      dx = torch::mm(dh, Q).view(shape);
+    }
+
+    if (const auto it = ctx->saved_data.find("sink"); it != ctx->saved_data.end()) {
+      torch::NoGradGuard no_grad;
+      auto sink = it->second.toTensor();
+      auto score = importance_score(dy, x2, P, coeff, Q);
+      sink.add_(score.to(sink.device(), sink.scalar_type()));
+    }
+    return {dx, dP, dlambda, dQ, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
+                               const torch::Tensor& coeff, const torch::Tensor& Q) {
+  // Accumulate in float32 at least: bf16/f16 products of thousands of tokens lose the score's precision and
+  // f16 can overflow.
+  const auto acc = x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const auto xf = x.to(acc);
+  const auto Pf = P.to(acc);
+  const auto Qc = (Q * coeff.unsqueeze(1)).to(acc);  // diag(λ s) Q
+  const int64_t out = P.size(0), in = Q.size(1);
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(out, kScoreBlockElements / std::max<int64_t>(in, 1)));
+  auto total = torch::zeros({}, xf.options());
+  for (int64_t r0 = 0; r0 < out; r0 += rows) {
+    const int64_t n = std::min(rows, out - r0);
+    const auto g = torch::mm(dy.narrow(1, r0, n).t().to(acc), xf);  // ∂L/∂ΔW rows [n × in]
+    const auto dw = torch::mm(Pf.narrow(0, r0, n), Qc);
+    total.add_((dw * g).abs_().sum());
+  }
+  return total / std::sqrt(static_cast<double>(out * in));
+}
+
+torch::Tensor adapter_forward(const torch::Tensor& x, const torch::Tensor& P, const torch::Tensor& lambda_active,
+                              const torch::Tensor& Q, double scale, double reserve_lambda,
+                              const torch::Tensor& score_sink) {
+  // An optional, so that an undefined sink is not taken for an autograd input.
+  std::optional<torch::Tensor> sink;
+  if (score_sink.defined()) sink = score_sink;
+  return AdapterFunction::apply(x, P, lambda_active, Q, scale, reserve_lambda, sink);
+}
+
+}  // namespace increlora::detail

@@ -1,0 +1,285 @@
+#include "increlora/allocator.hpp"
+
+#include "increlora/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <unordered_set>
+
+namespace increlora {
+namespace {
+
+// Scoring window: the EMA weight of the steps before the window is max(β1, β2)^window; keep it below 1 %.
+constexpr double kNeglectedWeight = 0.01;
+
+void check_options(const RankAllocatorOptions& o) {
+  INCRELORA_CHECK(o.lora_r() >= 1, "RankAllocatorOptions: lora_r must be >= 1 (got ", o.lora_r(),
+                  "): it is the rank every adapted layer starts with; the paper uses lora_r(1).");
+  INCRELORA_CHECK(o.beta1() > 0.0 && o.beta1() < 1.0, "RankAllocatorOptions: beta1 must be in (0, 1) (got ",
+                  o.beta1(), "); the paper uses beta1(0.85).");
+  INCRELORA_CHECK(o.beta2() > 0.0 && o.beta2() < 1.0, "RankAllocatorOptions: beta2 must be in (0, 1) (got ",
+                  o.beta2(), "); the paper uses beta2(0.85).");
+  INCRELORA_CHECK(o.incre_interval() >= 1, "RankAllocatorOptions: incre_interval must be >= 1 (got ",
+                  o.incre_interval(), ").");
+  INCRELORA_CHECK(o.top_h() >= 1, "RankAllocatorOptions: top_h must be >= 1 (got ", o.top_h(), ").");
+  INCRELORA_CHECK(o.init_warmup() >= 0, "RankAllocatorOptions: init_warmup must be >= 0 (got ", o.init_warmup(), ").");
+  INCRELORA_CHECK(o.incre_rank_num() >= 0, "RankAllocatorOptions: incre_rank_num must be >= 1, or 0 to derive it "
+                  "from the target rank (got ", o.incre_rank_num(), ").");
+  INCRELORA_CHECK(o.total_step() >= 0, "RankAllocatorOptions: total_step must be >= 0 (0: unknown), got ",
+                  o.total_step(), ".");
+  INCRELORA_CHECK(o.score_window() >= 0, "RankAllocatorOptions: score_window must be >= 0 (0: derived from the "
+                  "betas), got ", o.score_window(), ".");
+  INCRELORA_CHECK(o.target_total_rank() >= 0, "RankAllocatorOptions: target_total_rank must be >= 0 (0: use "
+                  "target_rank × layers), got ", o.target_total_rank(), ".");
+  INCRELORA_CHECK(o.target_total_rank() > 0 || o.target_rank() >= 1, "RankAllocatorOptions: target_rank must be "
+                  ">= 1 (got ", o.target_rank(), ").");
+}
+
+}  // namespace
+
+RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions options)
+    : options_(std::move(options)), model_(&model) {
+  check_options(options_);
+  modules_ = named_svd_linears(model, /*adapters_only=*/true);
+  INCRELORA_CHECK(!modules_.empty(), "RankAllocator: the model has no SVDLinear layer with an adapter; build the "
+                  "layers to adapt with SVDLinearOptions(...).r(", options_.lora_r(), ").");
+  const auto layers = static_cast<int64_t>(modules_.size());
+  for (const auto& [name, m] : modules_) {
+    INCRELORA_CHECK(!m->is_merged(), "RankAllocator: layer '", name, "' is merged; call unmerge() before training.");
+    INCRELORA_CHECK(m->rank() == options_.lora_r(), "RankAllocator: layer '", name, "' has rank ", m->rank(),
+                    " but lora_r is ", options_.lora_r(), "; build every adapted layer with r(", options_.lora_r(),
+                    ") and construct the allocator before training (restore a run with load_state).");
+    initial_total_ += m->rank();
+  }
+  total_rank_ = initial_total_;
+  budget_ = options_.target_total_rank() > 0 ? options_.target_total_rank() : options_.target_rank() * layers;
+  INCRELORA_CHECK(budget_ >= initial_total_, "RankAllocator: the target total rank (", budget_,
+                  ") is below the initial total rank (", layers, " layers × lora_r ", options_.lora_r(), " = ",
+                  initial_total_, "); raise target_rank/target_total_rank or lower lora_r.");
+  const int64_t average_target = std::max<int64_t>(1, budget_ / layers);
+  incre_rank_num_ = options_.incre_rank_num() > 0 ? options_.incre_rank_num()
+                                                  : std::max<int64_t>(1, average_target / 2);
+
+  int64_t total_capacity = 0;
+  const int64_t reserve = options_.advance_learn() ? incre_rank_num_ : 0;
+  for (const auto& [name, m] : modules_) {
+    INCRELORA_CHECK(m->capacity() >= m->rank() + reserve, "RankAllocator: layer '", name, "' has capacity ",
+                    m->capacity(), ", too small for rank ", m->rank(), " plus an advance-learning reserve of ",
+                    reserve, "; build it with capacity(", m->rank() + reserve, ") or more.");
+    total_capacity += m->capacity();
+  }
+  INCRELORA_CHECK(total_capacity >= budget_, "RankAllocator: the layers can hold ", total_capacity,
+                  " triplets in all but the budget is ", budget_, "; raise the layers' capacity or lower the target.");
+
+  const int64_t per_round = options_.top_h() * incre_rank_num_;
+  planned_rounds_ = (budget_ - initial_total_ + per_round - 1) / per_round;
+  if (options_.total_step() > 0 && planned_rounds_ > 0) {
+    const int64_t last = allocation_step(planned_rounds_);
+    INCRELORA_CHECK(last < options_.total_step(), "RankAllocator: the schedule does not fit in total_step = ",
+                    options_.total_step(), ": growing from ", initial_total_, " to ", budget_, " total rank takes ",
+                    planned_rounds_, " rounds of top_h × incre_rank_num = ", options_.top_h(), " × ", incre_rank_num_,
+                    ", the last at step ", last, " (init_warmup ", options_.init_warmup(), ", incre_interval ",
+                    options_.incre_interval(), "). Raise total_step, top_h or incre_rank_num, or lower init_warmup "
+                    "or incre_interval.");
+  }
+  window_ = options_.score_window() > 0
+                ? options_.score_window()
+                : static_cast<int64_t>(std::ceil(std::log(kNeglectedWeight) /
+                                                 std::log(std::max(options_.beta1(), options_.beta2()))));
+
+  const auto device = modules_.front().second->lora_A.device();
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  accum_ = torch::zeros({layers}, opts);
+  sensitivity_ = torch::zeros({layers}, opts);
+  uncertainty_ = torch::zeros({layers}, opts);
+
+  if (budget_ == initial_total_) {
+    budget_met_ = true;
+  } else {
+    for (auto& entry : modules_) entry.second->set_reserve(reserve);
+    if (is_scoring_step(0)) arm(0);
+  }
+}
+
+RankAllocator::~RankAllocator() { disarm(); }
+
+int64_t RankAllocator::allocation_step(int64_t k) const {
+  const int64_t interval = options_.incre_interval();
+  const int64_t first = (options_.init_warmup() / interval + 1) * interval;  // first multiple > init_warmup
+  return first + (k - 1) * interval;
+}
+
+bool RankAllocator::is_allocation_step(int64_t global_step) const {
+  return !budget_met_ && global_step > options_.init_warmup() && global_step % options_.incre_interval() == 0;
+}
+
+bool RankAllocator::is_scoring_step(int64_t global_step) const {
+  if (budget_met_) return false;
+  if (options_.exact_scoring()) return true;
+  const int64_t interval = options_.incre_interval();
+  const int64_t next_allocation =
+      global_step <= options_.init_warmup() ? allocation_step(1) : (global_step + interval - 1) / interval * interval;
+  return next_allocation - global_step < window_;
+}
+
+void RankAllocator::arm(int64_t global_step) {
+  const auto device = modules_.front().second->lora_A.device();
+  if (accum_.device() != device) {  // the model moved after the allocator was built
+    accum_ = accum_.to(device);
+    sensitivity_ = sensitivity_.to(device);
+    uncertainty_ = uncertainty_.to(device);
+    armed_step_ = -1;
+  }
+  if (armed_step_ < 0) {
+    for (size_t i = 0; i < modules_.size(); ++i) {
+      modules_[i].second->set_score_sink(accum_.select(0, static_cast<int64_t>(i)));
+    }
+  }
+  armed_step_ = global_step;
+}
+
+void RankAllocator::disarm() {
+  if (armed_step_ < 0) return;
+  for (auto& entry : modules_) entry.second->set_score_sink(torch::Tensor());
+  armed_step_ = -1;
+}
+
+void RankAllocator::check_optimizer(const torch::optim::Optimizer& optimizer) {
+  if (checked_optimizer_ == &optimizer) return;
+  std::unordered_set<const c10::TensorImpl*> held;
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) held.insert(p.unsafeGetTensorImpl());
+  }
+  for (const auto& [name, m] : modules_) {
+    for (const auto* bank : {&m->lora_A, &m->lora_E, &m->lora_B}) {
+      INCRELORA_CHECK(held.count(bank->unsafeGetTensorImpl()) == 1, "RankAllocator::update_and_increase: the "
+                      "optimizer does not hold the adapter parameters of layer '", name, "'; build it from "
+                      "model->parameters() after the SVDLinear layers exist (their tensors never change after).");
+    }
+  }
+  checked_optimizer_ = &optimizer;
+}
+
+std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Module& model, int64_t global_step,
+                                                                const torch::optim::Optimizer& optimizer) {
+  check_optimizer(optimizer);
+  return update_and_increase(model, global_step);
+}
+
+std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Module& model, int64_t global_step) {
+  INCRELORA_CHECK(&model == model_, "RankAllocator::update_and_increase: called with a different model than the "
+                  "allocator was built over; pass the same model.");
+  INCRELORA_CHECK(global_step >= 0, "RankAllocator::update_and_increase: global_step must be >= 0 (got ",
+                  global_step, ").");
+  if (budget_met_) return {};
+  if (armed_step_ >= 0) {
+    // The scores accumulated by the backward passes since the last call (one per micro-batch).
+    torch::NoGradGuard no_grad;
+    auto score = accum_.clone();
+    accum_.zero_();
+    if (options_.reduce_scores()) options_.reduce_scores()(score);
+    sensitivity_.mul_(options_.beta1()).add_(score, 1.0 - options_.beta1());
+    uncertainty_.mul_(options_.beta2()).add_((score - sensitivity_).abs_(), 1.0 - options_.beta2());
+  }
+  std::vector<AllocationEvent> events;
+  if (is_allocation_step(global_step)) events = allocate(global_step);
+  if (is_scoring_step(global_step + 1)) {
+    arm(global_step + 1);
+  } else {
+    disarm();
+  }
+  return events;
+}
+
+std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step) {
+  const auto score = scores();  // the one host synchronisation, at allocations only
+  const auto* s = score.data_ptr<float>();
+  std::vector<int64_t> order(modules_.size());
+  std::iota(order.begin(), order.end(), 0);
+  // Highest score first; equal scores keep registration order, so the decision is deterministic.
+  std::stable_sort(order.begin(), order.end(), [s](int64_t a, int64_t b) { return s[a] > s[b]; });
+
+  ++round_;
+  std::vector<AllocationEvent> events;
+  int64_t remaining = budget_ - total_rank_;
+  int64_t chosen = 0;
+  const int64_t reserve_after = options_.advance_learn() ? incre_rank_num_ : 0;
+  for (int64_t idx : order) {
+    if (chosen == options_.top_h() || remaining == 0) break;
+    auto& [name, m] = modules_[idx];
+    AllocationEvent event{global_step, round_, name, m->rank(), m->rank(), static_cast<double>(s[idx]), false};
+    const int64_t room = m->capacity() - m->rank();
+    if (room == 0) {
+      event.at_capacity = true;
+      events.push_back(event);
+      continue;
+    }
+    const int64_t grow = std::min({incre_rank_num_, remaining, room});
+    event.new_rank = m->grow(grow, global_step, reserve_after);
+    remaining -= grow;
+    total_rank_ += grow;
+    ++chosen;
+    events.push_back(event);
+  }
+  if (total_rank_ == budget_) {
+    budget_met_ = true;
+    for (auto& entry : modules_) entry.second->set_reserve(0);
+    disarm();
+  }
+  if (options_.log()) {
+    std::string grown;
+    for (const auto& e : events) {
+      grown += e.at_capacity ? fmt::format(" {} (full at {})", e.module, e.old_rank)
+                             : fmt::format(" {} {}->{}", e.module, e.old_rank, e.new_rank);
+    }
+    log(fmt::format("increlora: step {} round {}: total rank {}/{}{}:{}", global_step, round_, total_rank_, budget_,
+                    budget_met_ ? " (budget met)" : "", grown));
+  }
+  return events;
+}
+
+std::map<std::string, int64_t> RankAllocator::rank_pattern() const {
+  std::map<std::string, int64_t> pattern;
+  for (const auto& [name, m] : modules_) pattern[name] = m->rank();
+  return pattern;
+}
+
+torch::Tensor RankAllocator::scores() const {
+  return (sensitivity_ * uncertainty_).to(torch::kCPU).contiguous();
+}
+
+RankAllocatorState RankAllocator::state() const {
+  return RankAllocatorState{round_, total_rank_, budget_met_, armed_step_, sensitivity_.to(torch::kCPU).clone(),
+                            uncertainty_.to(torch::kCPU).clone()};
+}
+
+void RankAllocator::load_state(const RankAllocatorState& state) {
+  const auto layers = static_cast<int64_t>(modules_.size());
+  INCRELORA_CHECK(state.sensitivity.defined() && state.sensitivity.numel() == layers &&
+                      state.uncertainty.defined() && state.uncertainty.numel() == layers,
+                  "RankAllocator::load_state: the state has scores for ",
+                  state.sensitivity.defined() ? state.sensitivity.numel() : 0, " layers but the model has ", layers,
+                  " adapted layers; restore it on the model it was saved from.");
+  int64_t total = 0;
+  for (const auto& entry : modules_) total += entry.second->rank();
+  INCRELORA_CHECK(total == state.total_rank, "RankAllocator::load_state: the model's layers have total rank ",
+                  total, " but the state says ", state.total_rank, "; restore the adapter before the allocator.");
+  disarm();
+  round_ = state.round;
+  total_rank_ = state.total_rank;
+  budget_met_ = state.budget_met;
+  const auto device = modules_.front().second->lora_A.device();
+  sensitivity_ = state.sensitivity.to(device, torch::kFloat).clone();
+  uncertainty_ = state.uncertainty.to(device, torch::kFloat).clone();
+  accum_ = torch::zeros({layers}, sensitivity_.options());
+  if (!budget_met_ && state.armed_step >= 0) arm(state.armed_step);
+}
+
+void RankAllocator::log(const std::string& line) const {
+  if (options_.log()) options_.log()(line);
+}
+
+}  // namespace increlora

@@ -1,0 +1,341 @@
+// SVDLinear: the forward, gradients and score against the original implementation and a dense reference,
+// growth that changes neither outputs nor tensors, r = 0 as a plain Linear, merging, dtypes, bad input.
+#include "support.hpp"
+
+#include <increlora/detail/adapter_function.hpp>
+
+#include <nlohmann/json.hpp>
+#include <torch/nn/functional/linear.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
+
+#include <cmath>
+#include <fstream>
+
+using increlora::SVDLinear;
+using increlora::SVDLinearOptions;
+using increlora::test::devices;
+
+namespace {
+
+torch::Tensor from_json(const nlohmann::json& j) {
+  // Nested arrays of numbers → a float64 tensor of the same shape.
+  std::vector<int64_t> shape;
+  const nlohmann::json* level = &j;
+  while (level->is_array()) {
+    shape.push_back(static_cast<int64_t>(level->size()));
+    level = &(*level)[0];
+  }
+  std::vector<double> flat;
+  std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& v) {
+    if (v.is_array()) {
+      for (const auto& e : v) walk(e);
+    } else {
+      flat.push_back(v.get<double>());
+    }
+  };
+  walk(j);
+  return torch::tensor(flat, torch::kDouble).view(shape);
+}
+
+nlohmann::json load_reference() {
+  const auto path = increlora::test::shared_dir() + "/reference/svd_layer_vectors.json";
+  std::ifstream in(path);
+  INFO("reference vectors: " << path << " (set INCRELORA_SHARED_DIR to the shared folder)");
+  REQUIRE(in.good());
+  return nlohmann::json::parse(in);
+}
+
+// Puts `values` into the first slots of a layer's banks (P columns, λ entries, Q rows).
+void set_slots(SVDLinear& layer, const torch::Tensor& P, const torch::Tensor& lambda, const torch::Tensor& Q) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = Q.size(0);
+  layer->lora_B.narrow(1, 0, n).copy_(P);
+  layer->lora_E.narrow(0, 0, lambda.numel()).copy_(lambda);
+  layer->lora_A.narrow(0, 0, n).copy_(Q);
+}
+
+// Gives a layer non-trivial adapter values, as after some training.
+void randomize_adapter(SVDLinear& layer) {
+  torch::NoGradGuard no_grad;
+  layer->lora_A.normal_(0.0, 0.5);
+  layer->lora_B.normal_(0.0, 0.5);
+  layer->lora_E.normal_(0.0, 1.0);
+}
+
+}  // namespace
+
+TEST_CASE("SVDLinear reproduces the original implementation's forward, gradients and importance score",
+          "[svd_linear][reference]") {
+  const auto ref = load_reference();
+  const int64_t in = ref["in_features"], out = ref["out_features"];
+  const double alpha = ref["lora_alpha"];
+  auto device = GENERATE(from_range(devices()));
+  CAPTURE(device);
+
+  SVDLinear layer(SVDLinearOptions(in, out).r(1).lora_alpha(alpha).capacity(4));
+  layer->to(torch::kDouble);
+  layer->set_reserve(1);  // slot 1: the advance-learning reserve of the reference
+  {
+    torch::NoGradGuard no_grad;
+    layer->weight.copy_(from_json(ref["base_weight"]));
+    layer->bias.copy_(from_json(ref["base_bias"]));
+  }
+  const auto lambda = from_json(ref["lambda_lora_E"]);
+  set_slots(layer, from_json(ref["P_lora_B"]), lambda.narrow(0, 0, 1), from_json(ref["Q_lora_A"]));
+  REQUIRE(layer->reserve_lambda() == lambda[1].item<double>());
+  layer->to(torch::Device(device));
+
+  auto sink = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));
+  layer->set_score_sink(sink);
+  auto x = from_json(ref["x"]).to(device).requires_grad_(true);
+  auto y = layer(x);
+  CHECK_ALLCLOSE(y, from_json(ref["y"]), 1e-10, 1e-10);
+  (y * from_json(ref["upstream_grad"]).to(device)).sum().backward();
+
+  CHECK(sink.item<double>() == Approx(ref["importance_score"].get<double>()).epsilon(1e-10));
+  // The original keeps one tensor per slot: Q's gradient as [slot][1 × in], P's as [slot][out × 1].
+  CHECK_ALLCLOSE(layer->lora_A.grad().narrow(0, 0, 2), from_json(ref["grad_Q_lora_A"]).view({2, in}), 1e-10, 1e-10);
+  CHECK_ALLCLOSE(layer->lora_B.grad().narrow(1, 0, 2), from_json(ref["grad_P_lora_B"]).view({2, out}).t(), 1e-10,
+                 1e-10);
+  CHECK_ALLCLOSE(layer->lora_E.grad().narrow(0, 0, 1), from_json(ref["grad_lambda_lora_E"][0]).view({1}), 1e-10, 1e-10);
+  REQUIRE(ref["grad_lambda_lora_E"][1].is_null());
+  CHECK(layer->lora_E.grad()[1].item<double>() == 0.0);  // the reserve's λ is held: no gradient
+  CHECK(layer->lora_E.grad().narrow(0, 2, 2).abs().max().item<double>() == 0.0);  // unused slots
+  CHECK_ALLCLOSE(x.grad(), from_json(ref["grad_x"]), 1e-10, 1e-10);
+}
+
+TEST_CASE("The factored backward equals dense autograd through ΔW, for the gradients and the score",
+          "[svd_linear][gradients]") {
+  auto device = GENERATE(from_range(devices()));
+  auto reserve = GENERATE(0, 2);
+  CAPTURE(device, reserve);
+  torch::manual_seed(7);
+  const int64_t in = 37, out = 23;
+  SVDLinear layer(SVDLinearOptions(in, out).r(3).lora_alpha(8).capacity(8));
+  layer->to(torch::Device(device), torch::kDouble);
+  layer->set_reserve(reserve);
+  randomize_adapter(layer);
+  const int64_t n = layer->in_use();
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble).device(device);
+  auto x = torch::randn({4, 9, in}, opts).requires_grad_(true);
+  auto upstream = torch::randn({4, 9, out}, opts);
+
+  auto sink = torch::zeros({}, opts);
+  layer->set_score_sink(sink);
+  (layer(x) * upstream).sum().backward();
+
+  // Dense reference: ΔW built from leaf copies of the banks, with the reserve's λ a constant.
+  auto P = layer->lora_B.detach().narrow(1, 0, n).clone().requires_grad_(true);
+  auto Q = layer->lora_A.detach().narrow(0, 0, n).clone().requires_grad_(true);
+  auto lam = layer->lora_E.detach().narrow(0, 0, layer->rank()).clone().requires_grad_(true);
+  auto lam_eff = torch::cat({lam, torch::full({reserve}, layer->reserve_lambda(), opts)});
+  auto dw = torch::mm(P * (lam_eff * layer->scale()).unsqueeze(0), Q);
+  dw.retain_grad();
+  auto xr = x.detach().clone().requires_grad_(true);
+  auto yr = torch::nn::functional::linear(xr, layer->weight, layer->bias) + torch::matmul(xr, dw.t());
+  (yr * upstream).sum().backward();
+
+  CHECK_ALLCLOSE(layer->lora_B.grad().narrow(1, 0, n), P.grad(), 1e-10, 1e-11);
+  CHECK_ALLCLOSE(layer->lora_A.grad().narrow(0, 0, n), Q.grad(), 1e-10, 1e-11);
+  CHECK_ALLCLOSE(layer->lora_E.grad().narrow(0, 0, layer->rank()), lam.grad(), 1e-10, 1e-11);
+  CHECK_ALLCLOSE(x.grad(), xr.grad(), 1e-10, 1e-11);
+  const double dense_score =
+      ((dw.detach() * dw.grad()).abs().sum() / std::sqrt(static_cast<double>(in * out))).item<double>();
+  CHECK(sink.item<double>() == Approx(dense_score).epsilon(1e-10));
+}
+
+TEST_CASE("The score is computed in blocks when ∂L/∂ΔW is large, with the same value", "[svd_linear][score]") {
+  torch::manual_seed(3);
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const int64_t tokens = 16, out = 4100, in = 4100;  // 16.8M elements: more than one block
+  auto dy = torch::randn({tokens, out}, opts), x = torch::randn({tokens, in}, opts);
+  auto P = torch::randn({out, 2}, opts), Q = torch::randn({2, in}, opts), coeff = torch::randn({2}, opts);
+  const auto score = increlora::detail::importance_score(dy, x, P, coeff, Q).item<double>();
+  const auto dense = torch::mm(P * coeff.unsqueeze(0), Q);
+  const auto expected =
+      ((dense * torch::mm(dy.t(), x)).abs().sum() / std::sqrt(static_cast<double>(out * in))).item<double>();
+  CHECK(score == Approx(expected).epsilon(1e-10));
+}
+
+TEST_CASE("SVDLinear with r = 0 is exactly a torch::nn::Linear", "[svd_linear][linear]") {
+  auto device = GENERATE(from_range(devices()));
+  CAPTURE(device);
+  torch::manual_seed(1);
+  torch::nn::Linear linear(torch::nn::LinearOptions(12, 7));
+  SVDLinear plain(SVDLinearOptions(12, 7));
+  CHECK_FALSE(plain->has_adapter());
+  const auto params = plain->named_parameters();
+  REQUIRE(params.size() == 2);
+  CHECK(params.contains("weight"));
+  CHECK(params.contains("bias"));
+  CHECK(plain->named_buffers().size() == 0);
+  {
+    torch::NoGradGuard no_grad;
+    plain->weight.copy_(linear->weight);
+    plain->bias.copy_(linear->bias);
+  }
+  linear->to(torch::Device(device));
+  plain->to(torch::Device(device));
+  auto x = torch::randn({5, 3, 12}, torch::TensorOptions().device(device));
+  CHECK(torch::equal(plain(x), linear(x)));
+}
+
+TEST_CASE("SVDLinear built from a Linear shares its weights and starts with the same output",
+          "[svd_linear][linear]") {
+  torch::manual_seed(2);
+  torch::nn::Linear linear(torch::nn::LinearOptions(10, 6));
+  SVDLinear wrapped(linear, SVDLinearOptions(10, 6).r(2).lora_alpha(4));
+  CHECK(wrapped->weight.data_ptr() == linear->weight.data_ptr());
+  CHECK(wrapped->bias.data_ptr() == linear->bias.data_ptr());
+  CHECK_FALSE(wrapped->weight.requires_grad());
+  CHECK(wrapped->rank() == 2);
+  auto x = torch::randn({8, 10});
+  CHECK(torch::equal(wrapped(x), linear(x)));  // λ = 0: ΔW = 0 at start
+  CHECK_THROWS_WITH(SVDLinear(linear, SVDLinearOptions(11, 6).r(1)),
+                    HasSubstring("SVDLinearOptions(10, 6)"));
+}
+
+TEST_CASE("Growth leaves the output unchanged and the parameter tensors the same objects", "[svd_linear][growth]") {
+  auto device = GENERATE(from_range(devices()));
+  auto advance = GENERATE(false, true);
+  CAPTURE(device, advance);
+  torch::manual_seed(4);
+  SVDLinear layer(SVDLinearOptions(16, 24).r(1).lora_alpha(16).capacity(8));
+  layer->to(torch::Device(device));
+  layer->set_reserve(advance ? 2 : 0);
+  randomize_adapter(layer);  // as after training: λ, P, Q all non-trivial (the reserve's λ stays held)
+  std::vector<const void*> before;
+  for (const auto& p : layer->parameters()) before.push_back(p.unsafeGetTensorImpl());
+  const auto storage_A = layer->lora_A.data_ptr();
+
+  auto x = torch::randn({6, 16}, torch::TensorOptions().device(device));
+  const auto y0 = layer(x).detach();
+  layer->grow(1, /*step=*/10, /*reserve_after=*/advance ? 2 : 0);
+  CHECK(layer->rank() == 2);
+  CHECK_ALLCLOSE(layer(x), y0, 1e-5, 1e-6);
+  layer->grow(3, /*step=*/20, /*reserve_after=*/advance ? 2 : 0);
+  CHECK(layer->rank() == 5);
+  CHECK(layer->reserve_rank() == (advance ? 2 : 0));
+  CHECK_ALLCLOSE(layer(x), y0, 1e-5, 1e-6);
+  CHECK(layer->lora_ranknum.item<double>() == 5.0);
+
+  std::vector<const void*> after;
+  for (const auto& p : layer->parameters()) after.push_back(p.unsafeGetTensorImpl());
+  CHECK(before == after);
+  CHECK(layer->lora_A.data_ptr() == storage_A);
+  CHECK(layer->lambda_start()[1] == 10);
+  CHECK(layer->lambda_start()[4] == 20);
+  CHECK(layer->lambda_start()[0] == -1);
+}
+
+TEST_CASE("A reserve triplet trains P and Q while its λ stays held", "[svd_linear][reserve]") {
+  torch::manual_seed(5);
+  SVDLinear layer(SVDLinearOptions(8, 8).r(1).lora_alpha(2).capacity(4));
+  layer->set_reserve(1);
+  CHECK(layer->in_use() == 2);
+  torch::optim::Adam optimizer(layer->parameters(), torch::optim::AdamOptions(1e-2));
+  const auto lambda_reserve = layer->lora_E[1].item<double>();
+  const auto P_reserve = layer->lora_B.detach().select(1, 1).clone();
+  for (int step = 0; step < 5; ++step) {
+    optimizer.zero_grad();
+    layer(torch::randn({4, 8})).pow(2).sum().backward();
+    CHECK(layer->lora_E.grad()[1].item<double>() == 0.0);
+    optimizer.step();
+  }
+  CHECK(layer->lora_E[1].item<double>() == lambda_reserve);
+  CHECK(increlora::test::max_abs_diff(layer->lora_B.detach().select(1, 1), P_reserve) > 0.0);
+  // The forward uses the held value, whatever the stored λ of a reserve slot says.
+  auto x = torch::randn({3, 8});
+  const auto y = layer(x).detach();
+  {
+    torch::NoGradGuard no_grad;
+    layer->lora_E[1].fill_(123.0);
+  }
+  CHECK(torch::equal(layer(x), y));
+}
+
+TEST_CASE("merge() folds ΔW into the weight and unmerge() restores it", "[svd_linear][merge]") {
+  auto device = GENERATE(from_range(devices()));
+  CAPTURE(device);
+  torch::manual_seed(6);
+  SVDLinear layer(SVDLinearOptions(20, 12).r(2).lora_alpha(16).capacity(6));
+  layer->to(torch::Device(device));
+  layer->set_reserve(1);
+  randomize_adapter(layer);
+  auto x = torch::randn({7, 20}, torch::TensorOptions().device(device));
+  const auto weight = layer->weight.detach().clone();
+  const auto y = layer(x).detach();
+  layer->merge();
+  CHECK(layer->is_merged());
+  CHECK_ALLCLOSE(layer(x), y, 1e-5, 1e-5);
+  CHECK_ALLCLOSE(layer->weight, weight + layer->delta_weight(), 1e-6, 1e-6);
+  CHECK_THROWS_WITH(layer->grow(1, 0, 0), HasSubstring("unmerge"));
+  layer->unmerge();
+  CHECK_ALLCLOSE(layer->weight, weight, 0.0, 1e-6);
+  CHECK_ALLCLOSE(layer(x), y, 1e-5, 1e-5);
+}
+
+TEST_CASE("SVDLinear trains in float32, bfloat16 and float16", "[svd_linear][dtype]") {
+  auto device = GENERATE(from_range(devices()));
+  auto dtype = GENERATE(torch::kFloat, torch::kBFloat16, torch::kHalf);
+  CAPTURE(device, dtype);
+  torch::manual_seed(8);
+  SVDLinear reference(SVDLinearOptions(32, 16).r(2).lora_alpha(4));
+  randomize_adapter(reference);
+  auto layer = std::dynamic_pointer_cast<increlora::SVDLinearImpl>(reference->clone());
+  layer->to(torch::Device(device), dtype);
+  auto x = torch::randn({5, 32});
+  auto sink = torch::zeros({}, torch::TensorOptions().device(device));
+  layer->set_score_sink(sink);
+  auto y = layer->forward(x.to(torch::Device(device), dtype));
+  CHECK(y.scalar_type() == dtype);
+  y.to(torch::kFloat).sum().backward();
+  CHECK(layer->lora_A.grad().scalar_type() == dtype);
+  CHECK(torch::isfinite(layer->lora_B.grad()).all().item<bool>());
+  const auto y_ref = reference(x);
+  const double tol = dtype == torch::kFloat ? 1e-5 : 5e-2;
+  CHECK_ALLCLOSE(y.to(torch::kFloat), y_ref, tol, tol);
+  CHECK(sink.item<float>() > 0.0f);
+}
+
+TEST_CASE("Adapter banks kept in float32 train under a bfloat16 base", "[svd_linear][dtype]") {
+  SVDLinear layer(SVDLinearOptions(16, 8).r(1));
+  {
+    torch::NoGradGuard no_grad;
+    layer->weight.set_data(layer->weight.to(torch::kBFloat16));
+    layer->bias.set_data(layer->bias.to(torch::kBFloat16));
+  }
+  auto y = layer(torch::randn({3, 16}).to(torch::kBFloat16));
+  CHECK(y.scalar_type() == torch::kBFloat16);
+  y.to(torch::kFloat).sum().backward();
+  CHECK(layer->lora_E.grad().scalar_type() == torch::kFloat);
+}
+
+TEST_CASE("SVDLinear rejects bad options and inputs with a message that says what to change",
+          "[svd_linear][errors]") {
+  CHECK_THROWS_WITH(SVDLinear(SVDLinearOptions(4, 4).r(-1)), HasSubstring("r must be >= 0"));
+  CHECK_THROWS_WITH(SVDLinear(SVDLinearOptions(0, 4)), HasSubstring("in_features"));
+  CHECK_THROWS_WITH(SVDLinear(SVDLinearOptions(4, 4).r(5).capacity(3)), HasSubstring("capacity"));
+  CHECK_THROWS_WITH(SVDLinear(SVDLinearOptions(4, 4).r(1).lora_dropout(1.0)), HasSubstring("lora_dropout"));
+  CHECK_THROWS_WITH(SVDLinear(SVDLinearOptions(4, 4).r(1).lora_alpha(0)), HasSubstring("lora_alpha"));
+  SVDLinear layer(SVDLinearOptions(6, 3).r(1).capacity(2));
+  CHECK_THROWS_WITH(layer(torch::randn({2, 7})), HasSubstring("in_features is 6"));
+  CHECK_THROWS_WITH(layer(torch::randn({2, 6}, torch::kDouble)), HasSubstring("module->to("));
+  CHECK_THROWS_WITH(layer->grow(2, 0, 0), HasSubstring("capacity 2"));
+  CHECK_THROWS_WITH(layer->set_reserve(2), HasSubstring("larger capacity"));
+  CHECK_THROWS_WITH(layer->unmerge(), HasSubstring("not merged"));
+}
+
+TEST_CASE("clone() copies the rank state with the tensors", "[svd_linear]") {
+  SVDLinear layer(SVDLinearOptions(5, 5).r(1).capacity(6));
+  layer->set_reserve(1);
+  layer->grow(2, 3, 1);
+  auto copy = std::dynamic_pointer_cast<increlora::SVDLinearImpl>(layer->clone());
+  CHECK(copy->rank() == 3);
+  CHECK(copy->reserve_rank() == 1);
+  CHECK(copy->lambda_start() == layer->lambda_start());
+  CHECK(copy->lora_A.data_ptr() != layer->lora_A.data_ptr());
+  auto x = torch::randn({2, 5});
+  CHECK(torch::equal(copy->forward(x), layer(x)));
+}
