@@ -4,4 +4,4 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$("$root/scripts/build.sh")"
-exec "$build/examples/quickstart" "$@"
+exec "$build/examples/demo" "$@"

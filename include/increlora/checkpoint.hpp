@@ -1,0 +1,48 @@
+#pragma once
+/// \file
+/// Training checkpoints that resume exactly: the adapter, the allocator's state, the optimizer's state, the
+/// random generators and the step, as safetensors + JSON (never a pickle).
+
+#include "increlora/allocator.hpp"
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <string>
+
+namespace increlora {
+
+/// The version of trainer_state.json that `save_checkpoint` writes.
+inline constexpr int64_t kCheckpointFormatVersion = 1;
+
+/// Saves what training needs to continue exactly as if it had not stopped, into the folder `dir`:
+///   * `adapter.safetensors` + `adapter_config.json`: the adapter, as `save_adapter` writes it;
+///   * `trainer_state.safetensors`: the allocator's EMAs, the optimizer's per-parameter tensors (keyed by the
+///     parameter's qualified name in `model`), every other parameter the optimizer trains (a classifier head,
+///     biases), and the default CPU (and CUDA) random generators' states, which growth draws from;
+///   * `trainer_state.json`: `step`, the allocator's round and counters, the optimizer's type, parameter
+///     groups (by name) with their options (learning rate included) and step counts.
+/// Supported optimizers: `torch::optim::Adam`, `AdamW` and `SGD`. The folder is built under a temporary name
+/// and renamed into place, so `dir` always holds either the previous checkpoint or the complete new one.
+///
+/// Example (save after `optimizer.step()` of step `step`, resume at `step + 1`):
+/// \code
+///   increlora::save_checkpoint("ckpt", *model, allocator, optimizer, step);
+///   // in a new process: build the model (same options, base weights loaded), the optimizer over
+///   // model->parameters() and the allocator, all as at the start of training, then
+///   const int64_t step = increlora::load_checkpoint("ckpt", *model, allocator, optimizer);
+/// \endcode
+void save_checkpoint(const std::string& dir, const torch::nn::Module& model, const RankAllocator& allocator,
+                     const torch::optim::Optimizer& optimizer, int64_t step);
+
+/// Restores a checkpoint written by `save_checkpoint` and returns its step. `model`, `allocator` and
+/// `optimizer` must be built as they were at the start of the saved run: the model's base weights in place and
+/// every adapted layer at rank lora_r (the allocator's constructor requires it), the optimizer of the same type
+/// over the same parameters in the same groups. The adapter is restored first, then the allocator's state, the
+/// optimizer's, and with `restore_rng` the random generators' states (the only global state touched).
+/// Everything is checked before the model is modified; mismatches fail naming what differs.
+int64_t load_checkpoint(const std::string& dir, torch::nn::Module& model, RankAllocator& allocator,
+                        torch::optim::Optimizer& optimizer, bool restore_rng = true);
+
+}  // namespace increlora

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the GLUE program if needed and runs it; every argument goes to the program (`--help` lists them).
+#
+#   ./scripts/glue.sh --task_name sst2 --max_steps 2000 --root_output_dir out/sst2 [seed flags...]
+#
+# Defaults filled in when not given: --data_dir ../shared/data/glue/<task folder> for the tasks there, and the
+# program's own --model_dir default (the all-MiniLM-L6-v2 checkpoint that scripts/setup.sh prepares). The build
+# goes to $INCRELORA_BUILD_DIR (default ./build); a missing LibTorch or checkpoint runs scripts/setup.sh first.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${INCRELORA_CACHE:-$HOME/.cache/increlora}"
+BUILD="${INCRELORA_BUILD_DIR:-$ROOT/build}"
+log() { echo "[glue.sh] $*" >&2; }
+
+if [ ! -f "$CACHE/torch_prefix" ] || [ ! -f "$CACHE/models/all-MiniLM-L6-v2/model.safetensors" ]; then
+  log "running scripts/setup.sh (LibTorch and the all-MiniLM-L6-v2 checkpoint)"
+  "$ROOT/scripts/setup.sh" >/dev/null
+fi
+
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  log "configuring $BUILD"
+  cmake -S "$ROOT" -B "$BUILD" "${generator[@]}" -DCMAKE_PREFIX_PATH="$(cat "$CACHE/torch_prefix")" >&2
+fi
+cmake --build "$BUILD" --target glue -j "${INCRELORA_JOBS:-2}" >&2
+
+# --data_dir from --task_name when the shared data has that task.
+args=("$@")
+has_data_dir=0
+task=""
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    --data_dir|--data_dir=*) has_data_dir=1 ;;
+    --task_name) task="${args[$((i + 1))]:-}" ;;
+    --task_name=*) task="${args[$i]#--task_name=}" ;;
+  esac
+done
+if [ "$has_data_dir" -eq 0 ] && [ -n "$task" ]; then
+  case "$(echo "$task" | tr '[:upper:]' '[:lower:]' | tr -d -)" in
+    sst2) folder=SST-2 ;; cola) folder=CoLA ;; mrpc) folder=MRPC ;; qnli) folder=QNLI ;;
+    stsb) folder=STS-B ;; qqp) folder=QQP ;; mnli) folder=MNLI ;; rte) folder=RTE ;; wnli) folder=WNLI ;;
+    *) folder="" ;;
+  esac
+  data="${INCRELORA_SHARED_DIR:-$ROOT/../shared}/data/glue/$folder"
+  if [ -n "$folder" ] && [ -d "$data" ]; then args+=(--data_dir "$data"); fi
+fi
+
+exec "$BUILD/examples/glue" "${args[@]}"

@@ -1,0 +1,296 @@
+#include "increlora/serialize.hpp"
+
+#include "increlora/errors.hpp"
+#include "increlora/modules.hpp"
+#include "increlora/safetensors.hpp"
+#include "increlora/svd_linear.hpp"
+#include "io.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <set>
+
+namespace increlora {
+namespace {
+
+using ordered_json = nlohmann::ordered_json;
+
+constexpr const char* kAdapterTensors = "adapter.safetensors";
+constexpr const char* kAdapterConfig = "adapter_config.json";
+constexpr const char* kAdapterFormat = "increlora-adapter";
+constexpr const char* kPeftTensors = "adapter_model.safetensors";
+constexpr const char* kPeftConfig = "adapter_config.json";
+
+using detail::join_path;
+
+std::string shape_string(c10::IntArrayRef shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+// The slot layout [active][reserve][unused] that SVDLinearImpl::sync_rank_state() accepts, checked on a
+// tensor read from a file so that a corrupted adapter is refused before the model is touched.
+std::pair<int64_t, int64_t> read_slot_layout(const torch::Tensor& state, const std::string& what) {
+  const auto s = state.to(torch::kLong).contiguous();
+  const auto* v = s.data_ptr<int64_t>();
+  int64_t active = 0, reserve = 0;
+  for (int64_t i = 0; i < s.numel(); ++i) {
+    const bool ok = (v[i] == static_cast<int64_t>(SlotState::kActive) && reserve == 0 && i == active) ||
+                    (v[i] == static_cast<int64_t>(SlotState::kReserve) && i == active + reserve) ||
+                    v[i] == static_cast<int64_t>(SlotState::kUnused);
+    INCRELORA_CHECK(ok, what, " holds slot state ", v[i], " at slot ", i, ", which is not the layout active slots, "
+                    "then reserve slots, then unused ones; the adapter file is corrupted.");
+    if (v[i] == static_cast<int64_t>(SlotState::kActive)) ++active;
+    if (v[i] == static_cast<int64_t>(SlotState::kReserve)) ++reserve;
+  }
+  return {active, reserve};
+}
+
+template <typename T>
+T json_field(const ordered_json& object, const std::string& key, const std::string& what) {
+  INCRELORA_CHECK(object.is_object() && object.contains(key), what, " has no \"", key,
+                  "\"; the file is corrupted or was not written by save_adapter.");
+  try {
+    return object.at(key).get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    INCRELORA_CHECK(false, what, ": \"", key, "\" has the wrong type (", e.what(), "); the file is corrupted.");
+  }
+  return T();
+}
+
+ordered_json read_json(const std::string& path, const std::string& what) {
+  const auto text = detail::read_text_file(path, what);
+  try {
+    return ordered_json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    INCRELORA_CHECK(false, what, " '", path, "' is not valid JSON (", e.what(), "); the file is corrupted.");
+  }
+  return {};
+}
+
+}  // namespace
+
+void save_adapter(const torch::nn::Module& model, const std::string& dir, const std::string& bias) {
+  const auto layers = named_svd_linears(model, /*adapters_only=*/true);
+  INCRELORA_CHECK(!layers.empty(), "save_adapter: the model has no SVDLinear layer with an adapter (r > 0), so "
+                  "there is nothing to save.");
+  const auto state = lora_state_dict(model, bias);  // also validates `bias`
+  detail::make_directories(dir, "save_adapter");
+
+  ordered_json config = ordered_json::object();
+  config["format"] = kAdapterFormat;
+  config["format_version"] = kAdapterFormatVersion;
+  config["bias"] = bias;
+  ordered_json pattern = ordered_json::object();
+  ordered_json modules = ordered_json::object();
+  int64_t total = 0;
+  for (const auto& [name, m] : layers) {
+    pattern[name] = m->rank();
+    total += m->rank();
+    const auto& o = m->options();
+    modules[name] = {{"in_features", o.in_features()}, {"out_features", o.out_features()},
+                     {"bias", o.bias()},               {"r", o.r()},
+                     {"capacity", m->capacity()},      {"rank", m->rank()},
+                     {"reserve", m->reserve_rank()},   {"lora_alpha", o.lora_alpha()},
+                     {"scaling", m->scale()},          {"lora_dropout", o.lora_dropout()}};
+  }
+  config["total_rank"] = total;
+  config["rank_pattern"] = std::move(pattern);
+  config["modules"] = std::move(modules);
+
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& item : state) tensors.emplace_back(item.key(), item.value());
+  // The tensors first, the config last: a config always describes tensors that were fully written.
+  save_safetensors(join_path(dir, kAdapterTensors), tensors,
+                   {{"format", "pt"}, {"increlora_format", kAdapterFormat},
+                    {"increlora_format_version", std::to_string(kAdapterFormatVersion)}});
+  detail::write_file_atomically(join_path(dir, kAdapterConfig), config.dump(2) + "\n");
+}
+
+std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std::string& dir) {
+  const auto config_path = join_path(dir, kAdapterConfig);
+  const std::string what = fmt::format("load_adapter: the adapter config '{}'", config_path);
+  INCRELORA_CHECK(detail::path_exists(config_path), "load_adapter: '", dir, "' has no ", kAdapterConfig,
+                  "; pass a folder written by save_adapter.");
+  const auto config = read_json(config_path, "load_adapter: the adapter config");
+  INCRELORA_CHECK(config.is_object() && config.value("format", std::string()) == kAdapterFormat, what,
+                  " is not an increlora adapter config (its \"format\" is not \"", kAdapterFormat,
+                  "\"); for a PEFT adapter use PEFT, for increlora pass a folder written by save_adapter.");
+  const auto version = json_field<int64_t>(config, "format_version", what);
+  INCRELORA_CHECK(version >= 1 && version <= kAdapterFormatVersion, what, " has format_version ", version,
+                  " but this increlora reads versions 1 to ", kAdapterFormatVersion, "; update increlora.");
+  const auto bias = json_field<std::string>(config, "bias", what);
+  const auto& saved = config.contains("modules") ? config.at("modules") : ordered_json();
+  INCRELORA_CHECK(saved.is_object(), what, " has no \"modules\" object; the file is corrupted.");
+
+  // The model must have the same adapted layers with the same shapes: check them all before copying.
+  std::vector<std::string> saved_names;
+  for (const auto& item : saved.items()) saved_names.push_back(item.key());
+  const auto saved_list = fmt::format("{}", fmt::join(saved_names, ", "));
+  const auto layers = named_svd_linears(model, /*adapters_only=*/true);
+  std::set<std::string> in_model;
+  for (const auto& [name, m] : layers) {
+    in_model.insert(name);
+    INCRELORA_CHECK(saved.contains(name), "load_adapter: the model's layer '", name, "' has an adapter but the "
+                    "adapter in '", dir, "' has none for it (it has: ", saved_list, "); build the model with the "
+                    "adapted layers the adapter was saved from.");
+    const auto& s = saved.at(name);
+    const std::string layer_what = fmt::format("{}, layer '{}',", what, name);
+    const auto in = json_field<int64_t>(s, "in_features", layer_what);
+    const auto out = json_field<int64_t>(s, "out_features", layer_what);
+    const auto capacity = json_field<int64_t>(s, "capacity", layer_what);
+    const auto& o = m->options();
+    INCRELORA_CHECK(in == o.in_features() && out == o.out_features() && capacity == m->capacity(),
+                    "load_adapter: layer '", name, "' does not fit the saved adapter: lora_A is ",
+                    shape_string({capacity, in}), " and lora_B ", shape_string({out, capacity}), " in the adapter but ",
+                    shape_string({m->capacity(), o.in_features()}), " and ", shape_string({o.out_features(), m->capacity()}),
+                    " in the model; build it as SVDLinearOptions(", in, ", ", out, ").capacity(", capacity, ").");
+    const auto r = json_field<int64_t>(s, "r", layer_what);
+    INCRELORA_CHECK(r == o.r(), "load_adapter: layer '", name, "' was saved from a layer built with r(", r,
+                    ") but the model's is built with r(", o.r(), "); build it with r(", r,
+                    ") (load_adapter restores the grown rank).");
+    const auto alpha = json_field<double>(s, "lora_alpha", layer_what);
+    INCRELORA_CHECK(alpha == o.lora_alpha(), "load_adapter: layer '", name, "' was saved with lora_alpha ", alpha,
+                    " but the model's has lora_alpha ", o.lora_alpha(), "; build it with lora_alpha(", alpha,
+                    ") so that the scaling matches.");
+    INCRELORA_CHECK(!m->is_merged(), "load_adapter: layer '", name, "' is merged; call unmerge() first.");
+  }
+  for (const auto& name : saved_names) {
+    INCRELORA_CHECK(in_model.count(name) == 1, "load_adapter: the adapter in '", dir, "' has a layer '", name,
+                    "' that the model lacks (or builds with r = 0); build the model with the adapted layers the "
+                    "adapter was saved from.");
+  }
+
+  const SafetensorsFile file(join_path(dir, kAdapterTensors));
+  const auto wanted = lora_state_dict(model, bias);
+  std::set<std::string> expected;
+  for (const auto& item : wanted) {
+    expected.insert(item.key());
+    INCRELORA_CHECK(file.contains(item.key()), "load_adapter: '", file.path(), "' has no tensor '", item.key(),
+                    "' although its config lists the layer; the adapter is incomplete or corrupted.");
+  }
+  for (const auto& name : file.names()) {
+    INCRELORA_CHECK(expected.count(name) == 1, "load_adapter: '", file.path(), "' holds a tensor '", name,
+                    "' that the model has no place for; the adapter does not belong to this model.");
+  }
+  for (const auto& [name, m] : layers) {
+    const auto prefix = name.empty() ? std::string() : name + ".";
+    const auto [active, reserve] =
+        read_slot_layout(file.tensor(prefix + "lora_slot_state"), fmt::format("'{}' tensor '{}lora_slot_state'",
+                                                                              file.path(), prefix));
+    const auto& s = saved.at(name);
+    const std::string layer_what = fmt::format("{}, layer '{}',", what, name);
+    INCRELORA_CHECK(active == json_field<int64_t>(s, "rank", layer_what) &&
+                        reserve == json_field<int64_t>(s, "reserve", layer_what),
+                    "load_adapter: layer '", name, "' has rank ", active, " and reserve ", reserve, " in '",
+                    file.path(), "' but its config says rank ", json_field<int64_t>(s, "rank", layer_what),
+                    " and reserve ", json_field<int64_t>(s, "reserve", layer_what),
+                    "; the files do not belong together or are corrupted.");
+  }
+  // Shapes were checked through the config; load_state_into checks every tensor again before it copies any.
+  load_state_into(model, file, [&expected](const std::string& n) { return expected.count(n) ? n : std::string(); },
+                  /*strict=*/false);
+  std::map<std::string, int64_t> pattern;
+  for (const auto& [name, m] : layers) {
+    m->sync_rank_state();
+    pattern[name] = m->rank();
+  }
+  return pattern;
+}
+
+void merge_and_export(const torch::nn::Module& model, const std::string& path,
+                      const std::map<std::string, std::string>& metadata) {
+  std::map<std::string, std::shared_ptr<SVDLinearImpl>> adapted;
+  for (const auto& [name, m] : named_svd_linears(model, /*adapters_only=*/true)) {
+    adapted[name.empty() ? std::string("weight") : name + ".weight"] = m;
+  }
+  const auto is_adapter_tensor = [](const std::string& name) {
+    const auto dot = name.rfind('.');
+    return name.compare(dot == std::string::npos ? 0 : dot + 1, 5, "lora_") == 0;
+  };
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (!item.value().defined() || is_adapter_tensor(item.key())) continue;
+    const auto it = adapted.find(item.key());
+    if (it != adapted.end() && !it->second->is_merged()) {
+      // The same arithmetic as SVDLinear::merge(), so the file equals a merged model's weight.
+      tensors.emplace_back(item.key(), item.value() + it->second->delta_weight());
+    } else {
+      tensors.emplace_back(item.key(), item.value());
+    }
+  }
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) {
+    if (item.value().defined() && !is_adapter_tensor(item.key())) tensors.emplace_back(item.key(), item.value());
+  }
+  auto meta = metadata;
+  meta.emplace("format", "pt");
+  save_safetensors(path, tensors, meta);
+}
+
+void export_peft(const torch::nn::Module& model, const std::string& dir, const std::string& base_model_prefix) {
+  const auto layers = named_svd_linears(model, /*adapters_only=*/true);
+  INCRELORA_CHECK(!layers.empty(), "export_peft: the model has no SVDLinear layer with an adapter (r > 0), so "
+                  "there is nothing to export.");
+  const auto qualified = [&base_model_prefix](const std::string& name) {
+    if (base_model_prefix.empty()) return name;
+    return name.empty() ? base_model_prefix : base_model_prefix + "." + name;
+  };
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::vector<std::pair<std::string, int64_t>> ranks;
+  int64_t max_rank = 0;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, m] : layers) {
+    const auto module = qualified(name);
+    INCRELORA_CHECK(!module.empty(), "export_peft: the model itself is the SVDLinear; pass base_model_prefix "
+                    "with the module name it has in the Python model.");
+    const int64_t r = m->rank();
+    INCRELORA_CHECK(r >= 1, "export_peft: layer '", name, "' has rank 0, which PEFT cannot represent.");
+    // A' = (λ[:r] s)[:, None] * Q[:r], B' = P[:, :r]: PEFT then computes B' A' x · (alpha / r = 1) = ΔW x.
+    const auto lambda = m->lora_E.narrow(0, 0, r) * m->scale();
+    const auto A = (lambda.unsqueeze(1) * m->lora_A.narrow(0, 0, r)).contiguous();
+    const auto B = m->lora_B.narrow(1, 0, r).contiguous();
+    tensors.emplace_back("base_model.model." + module + ".lora_A.weight", A);
+    tensors.emplace_back("base_model.model." + module + ".lora_B.weight", B);
+    ranks.emplace_back(module, r);
+    max_rank = std::max(max_rank, r);
+  }
+  // PEFT takes the first pattern key that matches a module name as a suffix, so the most specific names
+  // (most dots, then longest) go first: "block.fc1" must not be captured by a top-level "fc1".
+  std::stable_sort(ranks.begin(), ranks.end(), [](const auto& a, const auto& b) {
+    const auto dots = [](const std::string& s) { return std::count(s.begin(), s.end(), '.'); };
+    return dots(a.first) != dots(b.first) ? dots(a.first) > dots(b.first) : a.first.size() > b.first.size();
+  });
+  ordered_json pattern = ordered_json::object();
+  for (const auto& [module, r] : ranks) pattern[module] = r;
+  std::vector<std::string> targets;
+  for (const auto& [name, m] : layers) targets.push_back(qualified(name));
+  double dropout = layers.front().second->options().lora_dropout();
+  for (const auto& [name, m] : layers) {
+    if (m->options().lora_dropout() != dropout) dropout = 0.0;  // PEFT has one value; it only matters in training
+  }
+
+  ordered_json config = ordered_json::object();
+  config["peft_type"] = "LORA";
+  config["task_type"] = nullptr;
+  config["base_model_name_or_path"] = nullptr;
+  config["inference_mode"] = true;
+  config["r"] = max_rank;
+  config["lora_alpha"] = max_rank;
+  config["lora_dropout"] = dropout;
+  config["target_modules"] = targets;
+  config["bias"] = "none";
+  config["fan_in_fan_out"] = false;
+  config["use_rslora"] = false;
+  config["use_dora"] = false;
+  config["init_lora_weights"] = true;
+  config["modules_to_save"] = nullptr;
+  config["rank_pattern"] = pattern;
+  config["alpha_pattern"] = pattern;
+
+  detail::make_directories(dir, "export_peft");
+  save_safetensors(join_path(dir, kPeftTensors), tensors, {{"format", "pt"}});
+  detail::write_file_atomically(join_path(dir, kPeftConfig), config.dump(2) + "\n");
+}
+
+}  // namespace increlora

@@ -1,0 +1,68 @@
+#pragma once
+// A scratch folder for the serialization suites, with POSIX calls only: the PyPI wheel's libtorch.so exports
+// its own std::filesystem functions (built against another libstdc++), and calling them crashes.
+
+#include <dirent.h>
+#include <ftw.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+namespace increlora::test {
+
+/// A fresh, empty folder under $TMPDIR (or /tmp), removed with its content when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string templ = std::string(base && *base ? base : "/tmp") + "/increlora-test-XXXXXX";
+    std::vector<char> buffer(templ.begin(), templ.end());
+    buffer.push_back('\0');
+    if (::mkdtemp(buffer.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
+    path_ = buffer.data();
+  }
+  ~TempDir() {
+    ::nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+           FTW_DEPTH | FTW_PHYS);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  /// path()/name
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  /// The names in path()/sub (sorted; without "." and "..").
+  std::vector<std::string> entries(const std::string& sub = "") const {
+    std::vector<std::string> names;
+    if (DIR* d = ::opendir(sub.empty() ? path_.c_str() : file(sub).c_str())) {
+      while (const dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name != "." && name != "..") names.push_back(name);
+      }
+      ::closedir(d);
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+ private:
+  std::string path_;
+};
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+}  // namespace increlora::test
