@@ -8,6 +8,7 @@
 #include "increlora/errors.hpp"
 #include "increlora/log.hpp"
 #include "increlora/modules.hpp"
+#include "increlora/optim.hpp"
 #include "increlora/regularization.hpp"
 #include "increlora/report.hpp"
 #include "increlora/safetensors.hpp"
