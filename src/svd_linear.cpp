@@ -125,6 +125,28 @@ std::shared_ptr<torch::nn::Module> SVDLinearImpl::clone(const std::optional<torc
   return copy;
 }
 
+void SVDLinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(device, dtype, non_blocking);
+  restore_integer_buffers();
+}
+
+void SVDLinearImpl::to(torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(dtype, non_blocking);
+  restore_integer_buffers();
+}
+
+void SVDLinearImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
+
+void SVDLinearImpl::restore_integer_buffers() {
+  if (!has_adapter()) return;
+  torch::NoGradGuard no_grad;
+  // Module::to converted them with the parameters; rebuild them as int64 from the host-side state.
+  for (auto* buffer : {&lora_slot_state, &lora_lambda_start, &lora_factor_start}) {
+    if (buffer->scalar_type() != torch::kLong) buffer->set_data(torch::zeros({capacity_}, buffer->options().dtype(torch::kLong)));
+  }
+  write_rank_state();
+}
+
 void SVDLinearImpl::pretty_print(std::ostream& stream) const {
   stream << "increlora::SVDLinear(in_features=" << options_.in_features()
          << ", out_features=" << options_.out_features() << ", bias=" << (options_.bias() ? "true" : "false");

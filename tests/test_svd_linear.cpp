@@ -339,3 +339,18 @@ TEST_CASE("clone() copies the rank state with the tensors", "[svd_linear]") {
   auto x = torch::randn({2, 5});
   CHECK(torch::equal(copy->forward(x), layer(x)));
 }
+
+TEST_CASE("Converting the module to another dtype keeps the rank buffers int64 and exact", "[svd_linear][dtype]") {
+  SVDLinear layer(SVDLinearOptions(4, 4).r(1).capacity(4));
+  layer->grow(2, /*step=*/12345, /*reserve_after=*/0);  // 12345 is not representable in bf16
+  layer->to(torch::kBFloat16);
+  CHECK(layer->weight.scalar_type() == torch::kBFloat16);
+  CHECK(layer->lora_A.scalar_type() == torch::kBFloat16);
+  CHECK(layer->lora_slot_state.scalar_type() == torch::kLong);
+  CHECK(layer->lora_lambda_start.scalar_type() == torch::kLong);
+  CHECK(layer->lora_lambda_start[1].item<int64_t>() == 12345);
+  torch::nn::Sequential outer(layer);
+  outer->to(torch::kCPU, torch::kHalf);  // through a parent module too
+  CHECK(layer->lora_factor_start.scalar_type() == torch::kLong);
+  CHECK(layer->lora_factor_start[2].item<int64_t>() == 12345);
+}

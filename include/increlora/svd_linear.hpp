@@ -85,6 +85,12 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
 
   torch::Tensor forward(const torch::Tensor& input);
 
+  /// As `Module::to`, but the integer rank buffers (slot states, warmup starts) stay int64: a floating
+  /// dtype would round their step numbers (bf16 holds integers exactly only up to 256).
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+
   /// Whether this module has adapter banks (capacity > 0).
   bool has_adapter() const { return capacity_ > 0; }
   /// Number of active triplets: the rank of the incremental matrix.
@@ -150,6 +156,7 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
  private:
   void register_adapter();
   void write_rank_state();
+  void restore_integer_buffers();
   void resize_reserve(int64_t count, int64_t step);
   void check_input(const torch::Tensor& input) const;
 
