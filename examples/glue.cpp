@@ -501,7 +501,7 @@ int run(int argc, char** argv) {
                                  torch::optim::AdamWOptions(a.learning_rate).weight_decay(a.weight_decay)));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
                                     torch::optim::AdamWOptions(a.learning_rate).weight_decay(0.0)));
-  torch::optim::AdamW optimizer(std::move(groups));
+  increlora::FusedAdamW optimizer(std::move(groups));  // one fused kernel per step, not one per tensor
   auto lr_at = [&](int64_t step) {
     if (step < a.warmup_steps) return a.learning_rate * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, a.warmup_steps));
     return a.learning_rate * std::max(0.0, static_cast<double>(total_steps - step) /
@@ -588,7 +588,9 @@ int run(int argc, char** argv) {
   };
 
   const auto start = std::chrono::steady_clock::now();
-  double loss_sum = 0, reg_sum = 0;
+  // Sums of the logged losses stay on the device between logging steps: reading them every step would
+  // synchronise the host with the GPU each step.
+  torch::Tensor loss_sum, reg_sum;
   int64_t loss_count = 0;
   for (int64_t step = 0; step < total_steps; ++step) {
     if (cursor >= order.size()) {  // a new epoch (the last batch of an epoch may be short, as in run_glue)
@@ -629,8 +631,8 @@ int run(int argc, char** argv) {
       optimizer.step();
     }
 
-    loss_sum += loss.item<double>();
-    if (reg.defined()) reg_sum += reg.item<double>();
+    loss_sum = loss_sum.defined() ? loss_sum + loss.detach() : loss.detach().clone();
+    if (reg.defined()) reg_sum = reg_sum.defined() ? reg_sum + reg.detach() : reg.detach().clone();
     ++loss_count;
 
     if (!events.empty()) {
@@ -650,17 +652,18 @@ int run(int argc, char** argv) {
     const int64_t done = step + 1;
     const double elapsed = seconds_since(start);
     if (done % a.logging_steps == 0 || done == total_steps) {
+      const double mean_loss = loss_sum.item<double>() / loss_count;
       json entry = {{"event", "train"}, {"step", done}, {"epoch", static_cast<double>(done) / steps_per_epoch},
-                    {"loss", loss_sum / loss_count}, {"learning_rate", lr}, {"total_rank", allocator.total_rank()},
+                    {"loss", mean_loss}, {"learning_rate", lr}, {"total_rank", allocator.total_rank()},
                     {"elapsed_seconds", elapsed}};
-      if (a.reg_orth_coef > 0) entry["orth_regu"] = reg_sum / loss_count;
+      if (a.reg_orth_coef > 0) entry["orth_regu"] = reg_sum.item<double>() / loss_count;
       log.write(entry);
       if (!tty) {
         fmt::print("train step {:>6}/{}: loss {:.4f}, lr {:.3g}, total rank {}, {:.1f} s\n", done, total_steps,
-                   loss_sum / loss_count, lr, allocator.total_rank(), elapsed);
+                   mean_loss, lr, allocator.total_rank(), elapsed);
         std::fflush(stdout);
       }
-      loss_sum = reg_sum = 0;
+      loss_sum = reg_sum = torch::Tensor();
       loss_count = 0;
     }
     if (tty) {
@@ -677,6 +680,11 @@ int run(int argc, char** argv) {
   json ranks = json::object();
   for (const auto& [name, r] : allocator.rank_pattern()) ranks[name] = r;
   write_json(out_dir / "rank_pattern.json", ranks);
+  // The adapter (safetensors + JSON, loadable with increlora::load_adapter) and the rank report: CSV and the
+  // SVG heatmap of layers × module types (rank_pattern.json is rewritten with the same content).
+  increlora::save_adapter(*model, (out_dir / "adapter").string());
+  increlora::write_rank_report(allocator.rank_pattern(), out_dir.string(),
+                               fmt::format("{}: ranks after IncreLoRA (budget {})", spec.name, allocator.budget()));
   json metrics = {{"task", spec.name},
                   {"main_metric", "eval_" + main_key},
                   {"final", evals_json.back()},

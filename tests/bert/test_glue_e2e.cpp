@@ -2,6 +2,7 @@
 // all-MiniLM-L6-v2, the rank budget met, and the metrics, rank pattern and log written.
 #include "support.hpp"
 
+#include <increlora/report.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -39,7 +40,10 @@ TEST_CASE("A few-step GLUE run trains with IncreLoRA and writes metrics, rank pa
   INFO("task " << task.name);
   const auto out = std::filesystem::path(INCRELORA_BERT_OUTPUT_DIR) / task.name;
   // Remove what an earlier run wrote (file by file: libtorch.so's exported std::filesystem::remove_all crashes).
-  for (const char* f : {"metrics.json", "rank_pattern.json", "log.jsonl", "args.json"}) std::remove((out / f).c_str());
+  for (const char* f : {"metrics.json", "rank_pattern.json", "log.jsonl", "args.json", "rank_pattern.csv",
+                        "rank_heatmap.svg", "adapter/adapter.safetensors", "adapter/adapter_config.json"}) {
+    std::remove((out / f).c_str());
+  }
   std::filesystem::create_directories(out);
   // 6 layers x 6 modules = 36 adapted layers at rank 1; budget 2 x 36 = 72 → 3 rounds of top_h 12 at steps
   // 4, 6, 8 (MRPC: 3 modules per layer, 18 layers, budget 36 → 2 rounds of 12 with the last round partial).
@@ -83,6 +87,15 @@ TEST_CASE("A few-step GLUE run trains with IncreLoRA and writes metrics, rank pa
   CHECK(eval == 2);
   CHECK(alloc > 0);
   CHECK(read_json(out / "args.json")["task_name"] == task.name);
+
+  // The adapter and the rank report: the saved adapter carries the same pattern; the heatmap is an SVG.
+  const auto saved = increlora::read_rank_pattern((out / "adapter").string());
+  CHECK(static_cast<int64_t>(saved.size()) == static_cast<int64_t>(ranks.size()));
+  for (const auto& [name, r] : ranks.items()) CHECK(saved.at(name) == r.get<int64_t>());
+  std::ifstream svg(out / "rank_heatmap.svg");
+  std::string head;
+  std::getline(svg, head);
+  CHECK(head.rfind("<svg", 0) == 0);
 }
 
 TEST_CASE("The glue program rejects unknown flags and bad values naming the flag", "[bert][glue][e2e][errors]") {
