@@ -1,0 +1,391 @@
+// Times one IncreLoRA training step of a BERT-family encoder (random weights, random tokens and labels) and its
+// peak device memory, and writes the numbers as JSON for benchmarks/report.py to put beside the Python peers
+// (benchmarks/peers.py). benchmarks/run.sh runs every configuration; RESULTS.md keeps the table.
+//
+//   bench_step --model bert-base --dtype bf16 --device cuda --phase scoring --steps 100 --out scoring.json
+//
+// The step is what examples/glue.cpp does at every optimizer step, without data loading and logging:
+// forward (classification head, cross-entropy on random labels) + compute_orth_regu, backward,
+// allocator.update_and_increase, AdamW step, zero_grad.
+//
+// Phases:
+//   scoring       every adapter starts at rank 1 and the budget is rank 2 on average; the allocator scores
+//                 every step (exact_scoring) and its first allocation lies far beyond the timed steps, so
+//                 every timed backward computes the importance score (the most expensive state of a run).
+//   after_budget  every adapter is built at rank 2 and the target is 2: the budget is met at construction, no
+//                 step scores; this is the state most of a run spends its steps in, at the final rank.
+//   frozen_forward  forward only, eval mode, no_grad: the floor the training step is compared with.
+#include <bert.hpp>
+
+#include <increlora/increlora.hpp>
+
+#include <ATen/DeviceAccelerator.h>
+#include <torch/cuda.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/adamw.h>
+#include <torch/utils.h>
+#include <torch/version.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+using nlohmann::json;
+
+struct Args {
+  std::string model = "bert-base";
+  std::string dtype = "fp32";
+  std::string device = "cuda";
+  std::string phase = "after_budget";
+  int64_t batch = 32;
+  int64_t seq = 128;
+  int64_t warmup = 10;
+  int64_t steps = 50;
+  int64_t layers = 0;  // > 0 overrides the model's layer count (the CPU smoke test)
+  bool tiny = false;   // a tiny encoder of the model's structure (the CPU smoke test)
+  bool breakdown = false;  // also time the parts of the step (adds synchronisations; a separate run)
+  int64_t rank = 2;    // the final average rank (PEFT LoRA's r)
+  double lora_alpha = 16.0;
+  double lora_dropout = 0.1;
+  std::string optimizer = "fused";  // fused: increlora::FusedAdamW; loop: torch::optim::AdamW
+  double lr = 1e-4;
+  double reg_orth_coef = 0.1;
+  int64_t seed = 0;
+  int64_t threads = 0;  // > 0: intra-op CPU threads (the smoke test uses 1: on a loaded CI machine more threads
+                        // wait for each other in every tiny op)
+  std::string out;
+};
+
+const char* kUsage =
+    "usage: bench_step [--model bert-base|minilm] [--dtype fp32|bf16] [--device cpu|cuda]\n"
+    "                  [--phase scoring|after_budget|frozen_forward] [--batch 32] [--seq 128]\n"
+    "                  [--warmup 10] [--steps 50] [--rank 2] [--lora_dropout 0.1] [--lr 1e-4]\n"
+    "                  [--optimizer fused|loop]\n"
+    "                  [--layers N] [--tiny] [--breakdown] [--threads N] [--seed 0]\n"
+    "                  [--out result.json]\n"
+    "--breakdown also synchronises between the parts of the step and reports each part's median (forward +\n"
+    "loss, backward, allocator, optimizer step + zero_grad); the step times of such a run include those waits.\n";
+
+Args parse(int argc, char** argv) {
+  Args a;
+  auto need = [&](int& i, const std::string& name) -> std::string {
+    if (i + 1 >= argc) throw std::invalid_argument("--" + name + " needs a value");
+    return argv[++i];
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    if (arg.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument '" + arg + "'\n" + kUsage);
+    const std::string name = arg.substr(2);
+    if (name == "model") a.model = need(i, name);
+    else if (name == "dtype") a.dtype = need(i, name);
+    else if (name == "device") a.device = need(i, name);
+    else if (name == "phase") a.phase = need(i, name);
+    else if (name == "batch") a.batch = std::stoll(need(i, name));
+    else if (name == "seq") a.seq = std::stoll(need(i, name));
+    else if (name == "warmup") a.warmup = std::stoll(need(i, name));
+    else if (name == "steps") a.steps = std::stoll(need(i, name));
+    else if (name == "layers") a.layers = std::stoll(need(i, name));
+    else if (name == "rank") a.rank = std::stoll(need(i, name));
+    else if (name == "lora_alpha") a.lora_alpha = std::stod(need(i, name));
+    else if (name == "lora_dropout") a.lora_dropout = std::stod(need(i, name));
+    else if (name == "optimizer") a.optimizer = need(i, name);
+    else if (name == "lr") a.lr = std::stod(need(i, name));
+    else if (name == "reg_orth_coef") a.reg_orth_coef = std::stod(need(i, name));
+    else if (name == "seed") a.seed = std::stoll(need(i, name));
+    else if (name == "threads") a.threads = std::stoll(need(i, name));
+    else if (name == "out") a.out = need(i, name);
+    else if (name == "tiny") a.tiny = true;
+    else if (name == "breakdown") a.breakdown = true;
+    else throw std::invalid_argument("unknown flag " + arg + "\n" + kUsage);
+  }
+  if (a.model != "bert-base" && a.model != "minilm") throw std::invalid_argument("--model: bert-base or minilm");
+  if (a.dtype != "fp32" && a.dtype != "bf16") throw std::invalid_argument("--dtype: fp32 or bf16");
+  if (a.phase != "scoring" && a.phase != "after_budget" && a.phase != "frozen_forward") {
+    throw std::invalid_argument("--phase: scoring, after_budget or frozen_forward");
+  }
+  if (a.steps < 1 || a.warmup < 0 || a.batch < 1 || a.seq < 1) {
+    throw std::invalid_argument("--steps, --batch and --seq must be >= 1, --warmup >= 0");
+  }
+  if (a.rank < 2) throw std::invalid_argument("--rank must be >= 2 (the scoring phase grows 1 -> rank)");
+  return a;
+}
+
+increlora::bert::BertConfig model_config(const Args& a) {
+  increlora::bert::BertConfig c;  // BERT-base defaults: vocab 30522, hidden 768, 12 layers, 12 heads, 3072
+  if (a.model == "minilm") {
+    // MiniLM-L6-H384 (e.g. all-MiniLM-L6-v2 / MiniLM-L6-H384-uncased): BERT's vocabulary, 6 × 384, 12 heads.
+    c.hidden_size = 384;
+    c.num_hidden_layers = 6;
+    c.intermediate_size = 1536;
+  }
+  if (a.tiny) {  // same structure, sizes for a CI smoke run in well under a second per step
+    c.vocab_size = 128;
+    c.hidden_size = 32;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 2;
+    c.intermediate_size = 64;
+  }
+  if (a.layers > 0) c.num_hidden_layers = a.layers;
+  return c;
+}
+
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
+
+void sync(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
+
+int run(const Args& a) {
+  torch::Device device(torch::kCPU);
+  if (a.device == "cuda") {
+    if (!torch::cuda::is_available()) throw std::invalid_argument("--device cuda: no CUDA device is available");
+    device = torch::Device(torch::kCUDA, 0);
+  } else if (a.device != "cpu") {
+    throw std::invalid_argument("--device: cpu or cuda");
+  }
+  torch::manual_seed(static_cast<uint64_t>(a.seed));
+  if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
+  const auto config = model_config(a);
+  const bool train = a.phase != "frozen_forward";
+  const bool scoring = a.phase == "scoring";
+
+  // Adapters where the seed's GLUE runs put them (query,key,value,attention.output,intermediate,layer.output);
+  // the scoring phase starts at rank 1, after_budget sits at the final rank.
+  increlora::bert::LoraSettings lora;
+  if (train) {
+    lora.patterns = increlora::bert::lora_patterns_from_short_names(
+        {"query", "key", "value", "attention.output", "intermediate", "layer.output"});
+    lora.r = scoring ? 1 : a.rank;
+    lora.lora_alpha = a.lora_alpha;
+    lora.lora_dropout = a.lora_dropout;
+    // examples/glue.cpp's default capacity: the banks (and so AdamW's work) are what a GLUE run has.
+    const int64_t reserve = std::max<int64_t>(1, a.rank / 2);
+    lora.capacity = std::max<int64_t>(16, 4 * a.rank + reserve);
+  }
+  increlora::bert::SequenceClassifier model(config, /*num_labels=*/2, lora);
+  std::vector<std::string> trainable_names;
+  if (train) {
+    increlora::mark_only_lora_as_trainable(*model);
+    for (auto& p : model->named_parameters()) {
+      for (const auto& prefix : model->head_prefixes()) {
+        if (p.key().rfind(prefix, 0) == 0) p.value().set_requires_grad(true);
+      }
+    }
+  } else {
+    for (auto& p : model->parameters()) p.set_requires_grad(false);
+  }
+  model->to(device);
+  // bf16: the frozen base (and the trained head, as PEFT's modules_to_save copy of a bf16 model) is stored in
+  // bf16; the adapter banks stay float32 (SVDLinear casts them to the input's dtype in the forward, and the
+  // casts' backward returns float32 gradients), as PEFT's autocast_adapter_dtype keeps LoRA weights float32.
+  // Autocast is not used: SVDLinear requires its input in the weight's dtype. Parameters are converted one by
+  // one because Module::to(dtype) would also convert SVDLinear's int64 slot-state buffers.
+  const bool bf16 = a.dtype == "bf16";
+  if (bf16) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->named_parameters()) {
+      if (p.key().find("lora_") == std::string::npos) p.value().set_data(p.value().to(torch::kBFloat16));
+    }
+  }
+  if (train) model->train(); else model->eval();
+
+  std::vector<torch::Tensor> params;
+  int64_t trainable = 0, total_params = 0;
+  for (const auto& p : model->named_parameters()) {
+    total_params += p.value().numel();
+    if (!p.value().requires_grad()) continue;
+    params.push_back(p.value());
+    trainable += p.value().numel();
+  }
+
+  std::unique_ptr<increlora::RankAllocator> allocator;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  if (train) {
+    // weight_decay 0.01: torch.optim.AdamW's default, which the Python peers use.
+    const auto adamw = torch::optim::AdamWOptions(a.lr).weight_decay(0.01);
+    if (a.optimizer == "fused") {
+      optimizer = std::make_unique<increlora::FusedAdamW>(params, adamw);
+    } else if (a.optimizer == "loop") {
+      optimizer = std::make_unique<torch::optim::AdamW>(params, adamw);
+    } else {
+      throw std::invalid_argument("--optimizer must be fused or loop (got " + a.optimizer + ")");
+    }
+    auto options = increlora::RankAllocatorOptions().lora_r(lora.r).target_rank(a.rank).beta1(0.85).beta2(0.85);
+    if (scoring) {
+      // The one allocation round lies far past the timed steps; exact_scoring scores every step before it.
+      const int64_t far = 1000 * (a.warmup + a.steps + 1);
+      options.exact_scoring(true).init_warmup(far).incre_interval(far).top_h(1000000);
+    }
+    allocator = std::make_unique<increlora::RankAllocator>(*model, options);
+    if (!scoring && !allocator->budget_met()) throw std::logic_error("after_budget: the budget should be met");
+  }
+
+  const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  const auto input_ids = torch::randint(config.vocab_size, {a.batch, a.seq}, long_opts);
+  const auto attention_mask = torch::ones({a.batch, a.seq}, long_opts);
+  const auto labels = torch::randint(2, {a.batch}, long_opts);
+
+  int64_t scored_steps = 0;
+  // --breakdown: wall time of each part, the device synchronised at each boundary.
+  std::map<std::string, std::vector<double>> parts;
+  bool timing_parts = false;
+  auto mark = [&](const char* part, std::chrono::steady_clock::time_point& t) {
+    if (!timing_parts) return;
+    sync(device);
+    const auto now = std::chrono::steady_clock::now();
+    parts[part].push_back(std::chrono::duration<double, std::milli>(now - t).count());
+    t = now;
+  };
+  auto step = [&](int64_t global_step) {
+    auto t = std::chrono::steady_clock::now();
+    if (!train) {
+      torch::NoGradGuard no_grad;
+      (void)model(input_ids, attention_mask);
+      return;
+    }
+    if (allocator->is_scoring_step(global_step)) ++scored_steps;
+    const auto logits = model(input_ids, attention_mask);
+    auto loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), labels);
+    if (a.reg_orth_coef > 0) loss = loss + increlora::compute_orth_regu(*model, a.reg_orth_coef);
+    mark("forward_loss", t);
+    loss.backward();
+    mark("backward", t);
+    (void)allocator->update_and_increase(*model, global_step, *optimizer);
+    mark("allocator", t);
+    optimizer->step();
+    optimizer->zero_grad();
+    mark("optimizer", t);
+  };
+
+  for (int64_t s = 0; s < a.warmup; ++s) step(s);
+  sync(device);
+  if (device.is_cuda()) at::accelerator::resetPeakStats(device.index());
+  scored_steps = 0;
+  timing_parts = a.breakdown && train;
+  // Each step is bracketed by a device synchronisation, as the Python peers' steps are: the number is the
+  // wall time of one step including the host work that launches it.
+  std::vector<double> ms;
+  ms.reserve(static_cast<size_t>(a.steps));
+  for (int64_t s = 0; s < a.steps; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step(a.warmup + s);
+    sync(device);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  json peak = nullptr, peak_reserved = nullptr;
+  if (device.is_cuda()) {
+    const auto stats = at::accelerator::getDeviceStats(device.index());
+    constexpr auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    peak = stats.allocated_bytes[all].peak;
+    peak_reserved = stats.reserved_bytes[all].peak;
+  }
+  if (scoring && scored_steps != a.steps) {
+    throw std::logic_error(fmt::format("scoring: only {} of {} timed steps were scored", scored_steps, a.steps));
+  }
+
+  double sum = 0;
+  for (double v : ms) sum += v;
+  json result = {
+      {"impl", "increlora-cpp"},
+      {"peer", train ? "increlora_" + a.phase : "increlora_frozen_forward"},
+      {"phase", a.phase},
+      {"model", a.model},
+      {"tiny", a.tiny},
+      {"layers", config.num_hidden_layers},
+      {"hidden", config.hidden_size},
+      {"dtype", a.dtype},
+      {"bf16_mode", bf16 ? "weights: frozen base and head stored in bf16, adapter banks float32 (no autocast)"
+                         : "none"},
+      {"device", a.device},
+      {"batch", a.batch},
+      {"seq", a.seq},
+      {"warmup", a.warmup},
+      {"steps", a.steps},
+      {"median_ms", percentile(ms, 0.5)},
+      {"p10_ms", percentile(ms, 0.1)},
+      {"p90_ms", percentile(ms, 0.9)},
+      {"mean_ms", sum / static_cast<double>(ms.size())},
+      {"min_ms", *std::min_element(ms.begin(), ms.end())},
+      {"peak_allocated_bytes", peak},
+      {"peak_reserved_bytes", peak_reserved},
+      {"timing", "per step: steady_clock around the step and torch::cuda::synchronize"},
+      {"trainable_params", trainable},
+      {"total_params", total_params},
+      {"torch_version", TORCH_VERSION},
+      {"optimizer", train ? (a.optimizer == "fused" ? std::string("increlora::FusedAdamW (ATen fused kernel), lr ")
+                                                    : std::string("torch::optim::AdamW (C++, per-tensor loop), lr ")) +
+                                fmt::format("{}", a.lr) +
+                                ", weight_decay 0.01"
+                          : "none"},
+      {"lora_dropout", a.lora_dropout},
+      {"reg_orth_coef", train ? a.reg_orth_coef : 0.0},
+  };
+  if (train) {
+    result["adapted_layers"] = allocator->modules().size();
+    result["lora_r"] = lora.r;
+    result["target_rank"] = a.rank;
+    result["capacity"] = lora.capacity;
+    result["total_rank"] = allocator->total_rank();
+    result["budget"] = allocator->budget();
+    result["budget_met"] = allocator->budget_met();
+    result["scored_steps"] = scored_steps;
+  }
+  if (timing_parts) {
+    json b;
+    for (const auto& [part, v] : parts) b[part] = percentile(v, 0.5);
+    result["breakdown_ms"] = b;
+    result["timing"] = "per step, with --breakdown: the device synchronised between the parts";
+  }
+  const std::string text = result.dump(2);
+  if (!a.out.empty()) {
+    const std::filesystem::path out(a.out);
+    if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
+    const auto tmp = out.string() + ".tmp";
+    {
+      std::ofstream f(tmp);
+      f << text << "\n";
+      if (!f) throw std::runtime_error("cannot write " + tmp);
+    }
+    std::filesystem::rename(tmp, out);
+  }
+  fmt::print("bench_step {} {} {} {}: median {:.3f} ms (p10 {:.3f}, p90 {:.3f}) over {} steps, peak {}\n", a.model,
+             a.dtype, a.device, a.phase, percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9), a.steps,
+             peak.is_null() ? std::string("n/a") : fmt::format("{:.1f} MiB", peak.get<double>() / (1 << 20)));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "bench_step: %s\n", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_step: %s\n", e.what());
+  }
+  return 1;
+}
