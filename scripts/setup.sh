@@ -23,7 +23,10 @@ command -v ninja >/dev/null || need_apt+=(ninja-build)
 [ -f /usr/include/fmt/format.h ] || need_apt+=(libfmt-dev)
 [ -f /usr/include/catch2/catch.hpp ] || [ -f /usr/include/catch2/catch_all.hpp ] || need_apt+=(catch2)
 [ -f /usr/include/nlohmann/json.hpp ] || need_apt+=(nlohmann-json3-dev)
-command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# A python3 whose venv module can bootstrap pip (Debian's python3 needs python3-venv for that).
+if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  need_apt+=(python3 python3-venv)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
