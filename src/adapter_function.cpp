@@ -2,6 +2,8 @@
 
 #include <torch/autograd.h>
 
+#include "increlora/errors.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -38,6 +40,10 @@ struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // The saved products (h, λ s) are constants here, so a graph of this backward would give wrong
+    // second derivatives for λ: refuse rather than be silently wrong.
+    INCRELORA_CHECK(!torch::GradMode::is_enabled(), "SVDLinear's adapter does not support double backward "
+                    "(backward with create_graph=true); compute higher derivatives with a plain model.");
     const auto saved = ctx->get_saved_variables();
     const auto& x2 = saved[0];
     const auto& h = saved[1];

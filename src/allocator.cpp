@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <numeric>
 #include <unordered_set>
@@ -181,8 +182,7 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
     auto score = accum_.clone();
     accum_.zero_();
     if (options_.reduce_scores()) options_.reduce_scores()(score);
-    sensitivity_.mul_(options_.beta1()).add_(score, 1.0 - options_.beta1());
-    uncertainty_.mul_(options_.beta2()).add_((score - sensitivity_).abs_(), 1.0 - options_.beta2());
+    update_emas(std::move(score), global_step);
   }
   std::vector<AllocationEvent> events;
   if (is_allocation_step(global_step)) events = allocate(global_step);
@@ -194,13 +194,42 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
   return events;
 }
 
+void RankAllocator::update_emas(torch::Tensor score, int64_t global_step) {
+  // On the device, without reading anything back: a non-finite score counts as 0 for this step.
+  score = torch::nan_to_num(score, 0.0, 0.0, 0.0);
+  const double b1 = options_.beta1(), b2 = options_.beta2();
+  const int64_t gap = global_step - last_update_step_ - 1;  // steps since the last update that were not scored
+  if (gap > 0) {
+    // Apply the EMA over the gap as if the score had been constant at this step's value S (what the exact,
+    // every-step EMA would have done then): Ī ← β1^g Ī + (1 − β1^g) S, and Ū gathers
+    // (1 − β2) Σ_{k=1..g} β2^(g−k) β1^k |S − Ī_before|.
+    const double g = static_cast<double>(gap);
+    const double b1g = std::pow(b1, g), b2g = std::pow(b2, g);
+    double weight;  // Σ_{k=1..g} β2^(g−k) β1^k
+    if (std::abs(b1 - b2) < 1e-12) {
+      weight = g * b1g;
+    } else {
+      const double r = b1 / b2;
+      weight = b2g * r * (1.0 - std::pow(r, g)) / (1.0 - r);
+    }
+    const auto jump = (score - sensitivity_).abs_();
+    uncertainty_.mul_(b2g).add_(jump, (1.0 - b2) * weight);
+    sensitivity_.mul_(b1g).add_(score, 1.0 - b1g);
+  }
+  sensitivity_.mul_(b1).add_(score, 1.0 - b1);
+  uncertainty_.mul_(b2).add_((score - sensitivity_).abs_(), 1.0 - b2);
+  last_update_step_ = global_step;
+}
+
 std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step) {
   const auto score = scores();  // the one host synchronisation, at allocations only
   const auto* s = score.data_ptr<float>();
   std::vector<int64_t> order(modules_.size());
   std::iota(order.begin(), order.end(), 0);
-  // Highest score first; equal scores keep registration order, so the decision is deterministic.
-  std::stable_sort(order.begin(), order.end(), [s](int64_t a, int64_t b) { return s[a] > s[b]; });
+  // Highest score first; equal scores keep registration order, so the decision is deterministic. A NaN (which
+  // the EMAs should never hold) would break the ordering's strictness: it sorts last.
+  const auto key = [s](int64_t i) { return std::isnan(s[i]) ? -std::numeric_limits<float>::infinity() : s[i]; };
+  std::stable_sort(order.begin(), order.end(), [&key](int64_t a, int64_t b) { return key(a) > key(b); });
 
   ++round_;
   std::vector<AllocationEvent> events;
@@ -252,7 +281,8 @@ torch::Tensor RankAllocator::scores() const {
 }
 
 RankAllocatorState RankAllocator::state() const {
-  return RankAllocatorState{round_, total_rank_, budget_met_, armed_step_, sensitivity_.to(torch::kCPU).clone(),
+  return RankAllocatorState{round_,      total_rank_,       budget_met_,
+                            armed_step_, last_update_step_, sensitivity_.to(torch::kCPU).clone(),
                             uncertainty_.to(torch::kCPU).clone()};
 }
 
@@ -271,6 +301,7 @@ void RankAllocator::load_state(const RankAllocatorState& state) {
   round_ = state.round;
   total_rank_ = state.total_rank;
   budget_met_ = state.budget_met;
+  last_update_step_ = state.last_update_step;
   const auto device = modules_.front().second->lora_A.device();
   sensitivity_ = state.sensitivity.to(device, torch::kFloat).clone();
   uncertainty_ = state.uncertainty.to(device, torch::kFloat).clone();

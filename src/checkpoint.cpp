@@ -218,7 +218,8 @@ void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model,
                     {"round", state.round},
                     {"total_rank", state.total_rank},
                     {"budget_met", state.budget_met},
-                    {"armed_step", state.armed_step}};
+                    {"armed_step", state.armed_step},
+                    {"last_update_step", state.last_update_step}};
   tensors.emplace_back("allocator.sensitivity", state.sensitivity);
   tensors.emplace_back("allocator.uncertainty", state.uncertainty);
 
@@ -302,6 +303,7 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
     alloc_state.total_rank = ja.at("total_rank").get<int64_t>();
     alloc_state.budget_met = ja.at("budget_met").get<bool>();
     alloc_state.armed_step = ja.at("armed_step").get<int64_t>();
+    alloc_state.last_update_step = ja.value("last_update_step", int64_t{-1});
     extra = j.at("trained_parameters").get<std::vector<std::string>>();
     rng = j.at("rng").get<std::vector<std::string>>();
     jopt = j.at("optimizer");

@@ -29,6 +29,10 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
       if (!p.grad().defined()) continue;
       INCRELORA_CHECK(!p.grad().is_sparse(), "FusedAdamW: sparse gradients are not supported; use a dense "
                       "embedding or torch::optim::AdamW.");
+      // The fused kernel walks parameter, gradient and moments in memory order: they must share one dense layout.
+      INCRELORA_CHECK(p.is_contiguous(), "FusedAdamW: a parameter of shape ", p.sizes(), " is not contiguous; make "
+                      "it contiguous before building the optimizer, or use torch::optim::AdamW for it.");
+      auto grad = p.grad().is_contiguous() ? p.grad() : p.grad().contiguous();
       auto& slot = state()[p.unsafeGetTensorImpl()];
       if (!slot) {
         auto fresh = std::make_unique<torch::optim::AdamWParamState>();
@@ -48,7 +52,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
       }
       auto& lists = groups[{static_cast<int>(p.device().type()), p.device().index(), static_cast<int>(p.scalar_type())}];
       lists.params.push_back(p);
-      lists.grads.push_back(p.grad());
+      lists.grads.push_back(grad);
       lists.exp_avgs.push_back(s.exp_avg());
       lists.exp_avg_sqs.push_back(s.exp_avg_sq());
       if (options.amsgrad()) lists.max_exp_avg_sqs.push_back(s.max_exp_avg_sq());

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 namespace increlora {
@@ -62,6 +63,8 @@ SVDLinearImpl::SVDLinearImpl(const torch::nn::Linear& linear, const SVDLinearOpt
   options_.bias(lo.bias());
   check_options(options_);
   reset();
+  // The banks follow the wrapped layer's device and dtype.
+  to(linear->weight.device(), linear->weight.scalar_type());
   torch::NoGradGuard no_grad;
   // Share the storage: the wrapped Linear and this module see the same base weights (no copy).
   weight.set_data(linear->weight);
@@ -126,25 +129,35 @@ std::shared_ptr<torch::nn::Module> SVDLinearImpl::clone(const std::optional<torc
 }
 
 void SVDLinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  const auto saved = integer_buffers();
   torch::nn::Module::to(device, dtype, non_blocking);
-  restore_integer_buffers();
+  restore_integer_buffers(saved);
 }
 
 void SVDLinearImpl::to(torch::Dtype dtype, bool non_blocking) {
+  const auto saved = integer_buffers();
   torch::nn::Module::to(dtype, non_blocking);
-  restore_integer_buffers();
+  restore_integer_buffers(saved);
 }
 
 void SVDLinearImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
 
-void SVDLinearImpl::restore_integer_buffers() {
-  if (!has_adapter()) return;
+void SVDLinearImpl::load(torch::serialize::InputArchive& archive) {
+  torch::nn::Module::load(archive);
+  if (has_adapter()) sync_rank_state();
+}
+
+std::vector<torch::Tensor> SVDLinearImpl::integer_buffers() const {
+  if (!has_adapter()) return {};
+  return {lora_slot_state.clone(), lora_lambda_start.clone(), lora_factor_start.clone()};
+}
+
+void SVDLinearImpl::restore_integer_buffers(const std::vector<torch::Tensor>& saved) {
+  if (saved.empty()) return;
   torch::NoGradGuard no_grad;
-  // Module::to converted them with the parameters; rebuild them as int64 from the host-side state.
-  for (auto* buffer : {&lora_slot_state, &lora_lambda_start, &lora_factor_start}) {
-    if (buffer->scalar_type() != torch::kLong) buffer->set_data(torch::zeros({capacity_}, buffer->options().dtype(torch::kLong)));
-  }
-  write_rank_state();
+  // Module::to converted them with the parameters: put back the int64 values, on the buffers' new device.
+  const std::array<torch::Tensor*, 3> buffers{&lora_slot_state, &lora_lambda_start, &lora_factor_start};
+  for (size_t i = 0; i < buffers.size(); ++i) buffers[i]->set_data(saved[i].to(buffers[i]->device()));
 }
 
 void SVDLinearImpl::pretty_print(std::ostream& stream) const {

@@ -4,6 +4,8 @@
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 
+#include <cmath>
+#include <limits>
 #include <numeric>
 #include <set>
 
@@ -285,4 +287,41 @@ TEST_CASE("The allocator's state restores into a fresh allocator and training co
   CHECK(restored.round() == allocator.round());
   CHECK(torch::equal(restored.scores(), allocator.scores()));
   CHECK(restored.modules()[0].second->score_sink().defined() == allocator.modules()[0].second->score_sink().defined());
+}
+
+TEST_CASE("Windowed scoring gives the scores of the exact every-step EMA", "[allocator][window]") {
+  // The score of each step is injected through the reduce hook: S_t = base_i (1 + 5 % · sin(1.7 t + i)).
+  const std::vector<double> base{1.0, 2.0, 0.5};
+  int64_t step = 0;
+  auto inject = [&](torch::Tensor& s) {
+    for (int64_t i = 0; i < s.numel(); ++i) {
+      s[i].fill_(base[i] * (1.0 + 0.05 * std::sin(1.7 * static_cast<double>(step) + static_cast<double>(i))));
+    }
+  };
+  TinyNet net_exact(4, 3, SVDLinearOptions(1, 1).r(1)), net_window(4, 3, SVDLinearOptions(1, 1).r(1));
+  const auto options = RankAllocatorOptions().lora_r(1).target_rank(3).init_warmup(100).incre_interval(100).top_h(1)
+                           .reduce_scores(inject);
+  RankAllocator exact(*net_exact, RankAllocatorOptions(options).exact_scoring(true));
+  RankAllocator windowed(*net_window, options);
+  for (step = 0; step < 200; ++step) {  // up to the step before the first allocation (200)
+    exact.update_and_increase(*net_exact, step);
+    windowed.update_and_increase(*net_window, step);
+  }
+  const auto a = exact.scores(), b = windowed.scores();
+  for (int64_t i = 0; i < 3; ++i) {
+    INFO("layer " << i << ": exact " << a[i].item<double>() << ", windowed " << b[i].item<double>());
+    CHECK(b[i].item<double>() == Approx(a[i].item<double>()).epsilon(0.10));
+  }
+}
+
+TEST_CASE("A non-finite score does not poison the EMAs", "[allocator][score]") {
+  int64_t calls = 0;
+  TinyNet net(4, 3, SVDLinearOptions(1, 1).r(1));
+  RankAllocator allocator(*net, RankAllocatorOptions().lora_r(1).target_rank(2).incre_interval(50).exact_scoring(true)
+                                    .reduce_scores([&](torch::Tensor& s) {
+                                      s.fill_(1.0);
+                                      if (calls++ == 1) s[2].fill_(std::numeric_limits<float>::infinity());
+                                    }));
+  for (int64_t step = 0; step < 5; ++step) allocator.update_and_increase(*net, step);
+  CHECK(torch::isfinite(allocator.scores()).all().item<bool>());
 }

@@ -50,3 +50,23 @@ TEST_CASE("FusedAdamW picks up a step count that was changed in its state", "[op
   reference.step();
   CHECK_ALLCLOSE(p, q, 1e-6, 1e-7);
 }
+
+TEST_CASE("FusedAdamW handles a gradient laid out differently from its parameter", "[optim]") {
+  auto p = torch::randn({3, 4}).requires_grad_(true);
+  auto q = p.detach().clone().requires_grad_(true);
+  auto options = torch::optim::AdamWOptions(0.05).weight_decay(0.01);
+  torch::optim::AdamW reference({q}, options);
+  increlora::FusedAdamW fused({p}, options);
+  for (int step = 0; step < 3; ++step) {
+    const auto g = torch::randn({4, 3}).t();  // transposed: not contiguous
+    p.mutable_grad() = g;
+    q.mutable_grad() = g.clone();
+    fused.step();
+    reference.step();
+  }
+  CHECK_ALLCLOSE(p, q, 1e-5, 1e-6);
+  auto strided = torch::randn({4, 3}).t().requires_grad_(true);
+  increlora::FusedAdamW refuses({strided}, options);
+  strided.mutable_grad() = torch::ones_like(strided);
+  CHECK_THROWS_WITH(refuses.step(), HasSubstring("not contiguous"));
+}

@@ -8,8 +8,11 @@
 #include <torch/nn/functional/linear.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
+#include <torch/autograd.h>
+#include <torch/serialize.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 
 using increlora::SVDLinear;
@@ -353,4 +356,41 @@ TEST_CASE("Converting the module to another dtype keeps the rank buffers int64 a
   outer->to(torch::kCPU, torch::kHalf);  // through a parent module too
   CHECK(layer->lora_factor_start.scalar_type() == torch::kLong);
   CHECK(layer->lora_factor_start[2].item<int64_t>() == 12345);
+}
+
+TEST_CASE("torch::load restores the rank state, and a dtype change after it keeps it", "[svd_linear][load]") {
+  torch::manual_seed(12);
+  SVDLinear saved(SVDLinearOptions(6, 5).r(1).capacity(6));
+  saved->grow(2, /*step=*/7, /*reserve_after=*/0);
+  randomize_adapter(saved);
+  const std::string path = "increlora_test_torch_load.pt";
+  torch::save(saved, path);
+  SVDLinear loaded(SVDLinearOptions(6, 5).r(1).capacity(6));
+  torch::load(loaded, path);
+  std::remove(path.c_str());
+  CHECK(loaded->rank() == 3);
+  CHECK(loaded->lambda_start()[2] == 7);
+  auto x = torch::randn({2, 6});
+  CHECK(torch::equal(loaded(x), saved(x)));
+  loaded->to(torch::kDouble);
+  CHECK(loaded->rank() == 3);
+  CHECK(loaded->lora_lambda_start[2].item<int64_t>() == 7);
+}
+
+TEST_CASE("Double backward through the adapter is refused, not silently wrong", "[svd_linear][gradients]") {
+  SVDLinear layer(SVDLinearOptions(4, 3).r(1));
+  auto x = torch::randn({2, 4}, torch::requires_grad());
+  auto y = layer(x).sum();
+  CHECK_THROWS_WITH(torch::autograd::grad({y}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true),
+                    HasSubstring("double backward"));
+}
+
+TEST_CASE("SVDLinear wrapping a Linear takes the Linear's dtype for its banks", "[svd_linear][linear]") {
+  torch::nn::Linear linear(torch::nn::LinearOptions(4, 3));
+  linear->to(torch::kDouble);
+  SVDLinear wrapped(linear, SVDLinearOptions(4, 3).r(1));
+  CHECK(wrapped->lora_A.scalar_type() == torch::kDouble);
+  CHECK(wrapped->lora_slot_state.scalar_type() == torch::kLong);
+  CHECK(wrapped->weight.data_ptr() == linear->weight.data_ptr());
+  CHECK_NOTHROW(wrapped(torch::randn({2, 4}, torch::kDouble)));
 }

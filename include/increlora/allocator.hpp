@@ -85,6 +85,8 @@ struct RankAllocatorState {
   bool budget_met = false;
   /// The step whose score the next `update_and_increase` call will read (-1: none armed).
   int64_t armed_step = -1;
+  /// The last step whose score entered the EMAs (-1: none yet).
+  int64_t last_update_step = -1;
   torch::Tensor sensitivity;   ///< Ī per layer, float32, CPU
   torch::Tensor uncertainty;   ///< Ū per layer, float32, CPU
 };
@@ -94,7 +96,10 @@ struct RankAllocatorState {
 ///
 /// Scoring costs one extra matrix product per adapted layer in the backward, so it runs only in a window
 /// before each allocation (see `score_window`) and stops once the budget is met; the per-layer scores stay on
-/// the device and are read by the host only at allocations. Ties between equal scores go to the layer
+/// the device and are read by the host only at allocations. The steps between two windows are accounted for
+/// when the next window opens, as if the score had stayed at the window's first value: without that, Ī would
+/// start each window stale and Ū would measure the jump instead of the score's noise. A non-finite score
+/// (an overflowing f16 step, say) counts as 0 for that step rather than poisoning the EMAs. Ties between equal scores go to the layer
 /// registered first, so the same scores always give the same allocation.
 class RankAllocator {
  public:
@@ -144,6 +149,7 @@ class RankAllocator {
   void disarm();
   void check_optimizer(const torch::optim::Optimizer& optimizer);
   void log(const std::string& line) const;
+  void update_emas(torch::Tensor score, int64_t global_step);
 
   RankAllocatorOptions options_;
   const torch::nn::Module* model_;
@@ -157,6 +163,7 @@ class RankAllocator {
   int64_t round_ = 0;
   bool budget_met_ = false;
   int64_t armed_step_ = -1;
+  int64_t last_update_step_ = -1;
   torch::Tensor accum_;        // [layers] float32 on the model's device: Σ S of the armed step
   torch::Tensor sensitivity_;  // Ī
   torch::Tensor uncertainty_;  // Ū

@@ -8,6 +8,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <torch/serialize/input-archive.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -72,7 +73,8 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
       : SVDLinearImpl(SVDLinearOptions(in_features, out_features)) {}
   explicit SVDLinearImpl(const SVDLinearOptions& options);
   /// Wraps an existing linear layer: the new module shares (does not copy) `linear`'s weight and bias
-  /// tensors, and freezes them. `options` must have the same in/out features; its `bias` is ignored.
+  /// tensors, and freezes them; its banks take the layer's device and dtype. `options` must have the same
+  /// in/out features; its `bias` is ignored.
   SVDLinearImpl(const torch::nn::Linear& linear, const SVDLinearOptions& options);
 
   void reset() override;
@@ -90,6 +92,8 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, bool non_blocking = false) override;
+  /// As `Module::load` (what `torch::load` calls), then re-reads the rank state from the loaded buffers.
+  void load(torch::serialize::InputArchive& archive) override;
 
   /// Whether this module has adapter banks (capacity > 0).
   bool has_adapter() const { return capacity_ > 0; }
@@ -109,7 +113,9 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   /// ΔW = P diag(λ) Q s over the slots in use, as a dense [out × in] tensor in the weight's dtype (for
   /// merging, export and tests; the forward never builds it).
   torch::Tensor delta_weight() const;
-  /// Folds ΔW into the base weight (inference); the forward then runs the base layer only.
+  /// Folds ΔW into the base weight (inference); the forward then runs the base layer only. The merged state is
+  /// not part of the module's tensors: save a merged model with `merge_and_export`, not `torch::save`, or
+  /// `unmerge()` first.
   void merge();
   /// Subtracts ΔW from the base weight again.
   void unmerge();
@@ -156,7 +162,8 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
  private:
   void register_adapter();
   void write_rank_state();
-  void restore_integer_buffers();
+  std::vector<torch::Tensor> integer_buffers() const;
+  void restore_integer_buffers(const std::vector<torch::Tensor>& saved);
   void resize_reserve(int64_t count, int64_t step);
   void check_input(const torch::Tensor& input) const;
 
