@@ -10,7 +10,7 @@ namespace increlora {
 
 /// Receives one finished line of text (no trailing newline). Example:
 /// \code
-///   options.log([](const std::string& line) { std::cerr << line << '\n'; });
+///   options.log([&lines](const std::string& line) { lines.push_back(line); });  // or your logger
 /// \endcode
 using LogSink = std::function<void(const std::string& line)>;
 

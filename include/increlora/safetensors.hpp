@@ -30,7 +30,7 @@ namespace increlora {
 /// Example:
 /// \code
 ///   increlora::SafetensorsFile file("model.safetensors");
-///   for (const auto& name : file.names()) std::cout << name << ' ' << file.tensor(name).sizes() << '\n';
+///   for (const auto& name : file.names()) shapes[name] = file.tensor(name).sizes().vec();
 /// \endcode
 class SafetensorsFile {
  public:
