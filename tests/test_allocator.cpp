@@ -258,7 +258,7 @@ TEST_CASE("update_and_increase checks the optimizer and the model", "[allocator]
   CHECK_THROWS_WITH(allocator.update_and_increase(*other, 1, right), HasSubstring("different model"));
 }
 
-TEST_CASE("The allocator's state restores into a fresh allocator and training continues identically",
+TEST_CASE("The allocator's state restores into a fresh allocator: pattern, round, scores and armed sinks",
           "[allocator][state]") {
   auto options = RankAllocatorOptions().lora_r(1).target_rank(3).init_warmup(3).incre_interval(3).top_h(1)
                      .incre_rank_num(1).total_step(100);
