@@ -17,12 +17,6 @@ using torch::autograd::variable_list;
 // Largest G block (rows × in) materialised while scoring: 16M elements, 64 MiB in float32.
 constexpr int64_t kScoreBlockElements = int64_t{1} << 24;
 
-torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_use, double reserve_lambda) {
-  const int64_t reserve = in_use - lambda_active.numel();
-  if (reserve == 0) return lambda_active;
-  return torch::cat({lambda_active, torch::full({reserve}, reserve_lambda, lambda_active.options())});
-}
-
 struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& P,
                                const torch::Tensor& lambda_active, const torch::Tensor& Q, double scale,
@@ -30,9 +24,11 @@ struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
     const auto x2 = x.reshape({-1, x.size(-1)});
     const auto coeff = effective_lambda(lambda_active, Q.size(0), reserve_lambda) * scale;
     const auto h = torch::mm(x2, Q.t());  // [tokens × n]
-    auto y = torch::mm(h * coeff, P.t());  // [tokens × out]
-    ctx->save_for_backward({x2, h, P, lambda_active, Q, coeff});
+    const auto hc = h * coeff;
+    auto y = torch::mm(hc, P.t());  // [tokens × out]
+    ctx->save_for_backward({x2, h, hc, P, Q, coeff});
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["active"] = lambda_active.numel();
     if (score_sink.has_value() && score_sink->defined()) ctx->saved_data["sink"] = *score_sink;
     auto out_shape = x.sizes().vec();
     out_shape.back() = P.size(0);
@@ -47,25 +43,24 @@ struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto& x2 = saved[0];
     const auto& h = saved[1];
-    const auto& P = saved[2];
-    const auto& lambda_active = saved[3];
+    const auto& hc = saved[2];  // h ⊙ λ s, kept from the forward
+    const auto& P = saved[3];
     const auto& Q = saved[4];
     const auto& coeff = saved[5];
     const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t active = ctx->saved_data["active"].toInt();
     const auto dy = grad_outputs[0].reshape({-1, P.size(0)});
 
     const auto dh_scaled = torch::mm(dy, P);  // ∂L/∂(h ⊙ coeff), [tokens × n]
     torch::Tensor dx, dP, dlambda, dQ;
-    if (ctx->needs_input_grad(1)) dP = torch::mm(dy.t(), h * coeff);
+    if (ctx->needs_input_grad(1)) dP = torch::mm(dy.t(), hc);
     if (ctx->needs_input_grad(2)) {
-      const int64_t active = lambda_active.numel();
       dlambda = (dh_scaled.narrow(1, 0, active) * h.narrow(1, 0, active)).sum(0) * scale;
     }
     const auto dh = dh_scaled * coeff;
     if (ctx->needs_input_grad(3)) dQ = torch::mm(dh.t(), x2);
     if (ctx->needs_input_grad(0)) {
-      const auto in_shape = grad_outputs[0].sizes().vec();
-      auto shape = in_shape;
+      auto shape = grad_outputs[0].sizes().vec();
       shape.back() = Q.size(1);
       dx = torch::mm(dh, Q).view(shape);
     }
@@ -81,6 +76,12 @@ struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
 };
 
 }  // namespace
+
+torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_use, double reserve_lambda) {
+  const int64_t reserve = in_use - lambda_active.numel();
+  if (reserve == 0) return lambda_active;
+  return torch::cat({lambda_active, torch::full({reserve}, reserve_lambda, lambda_active.options())});
+}
 
 torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
                                const torch::Tensor& coeff, const torch::Tensor& Q) {

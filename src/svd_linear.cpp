@@ -215,9 +215,7 @@ torch::Tensor SVDLinearImpl::delta_weight() const {
   torch::NoGradGuard no_grad;
   const int64_t n = in_use();
   if (n == 0) return torch::zeros_like(weight);
-  auto coeff = lora_E.narrow(0, 0, n).clone();
-  if (reserve_ > 0) coeff.narrow(0, active_, reserve_).fill_(reserve_lambda());
-  coeff.mul_(scale());
+  const auto coeff = detail::effective_lambda(lora_E.narrow(0, 0, active_), n, reserve_lambda()) * scale();
   const auto dw = torch::mm(lora_B.narrow(1, 0, n) * coeff.unsqueeze(0), lora_A.narrow(0, 0, n));
   return dw.to(weight.scalar_type());
 }
@@ -294,15 +292,22 @@ void SVDLinearImpl::set_reserve(int64_t count) {
   write_rank_state();
 }
 
+void SVDLinearImpl::init_slots(int64_t first, int64_t n, int64_t step, bool zero_P) {
+  lora_A.narrow(0, first, n).normal_(0.0, kInitStd);
+  if (zero_P) {
+    lora_B.narrow(1, first, n).zero_();
+  } else {
+    lora_B.narrow(1, first, n).normal_(0.0, kInitStd);
+  }
+  lora_E.narrow(0, first, n).zero_();
+  std::fill_n(factor_start_.begin() + first, n, step);  // their P and Q start training at `step`
+}
+
 void SVDLinearImpl::resize_reserve(int64_t count, int64_t step) {
   if (count > reserve_) {
     // Fresh reserve slots: P = 0 (as LoRA's B), so the reserve adds nothing to the output until it has
     // trained; Q is redrawn. Their P and Q start training at `step`.
-    const int64_t first = active_ + reserve_, n = count - reserve_;
-    lora_B.narrow(1, first, n).zero_();
-    lora_A.narrow(0, first, n).normal_(0.0, kInitStd);
-    lora_E.narrow(0, first, n).zero_();
-    std::fill_n(factor_start_.begin() + first, n, step);
+    init_slots(active_ + reserve_, count - reserve_, step, /*zero_P=*/true);
   } else if (count < reserve_) {
     // Dropped reserve slots stop contributing (λ = 0), as the original does once the budget is met.
     lora_E.narrow(0, active_ + count, reserve_ - count).zero_();
@@ -331,11 +336,7 @@ int64_t SVDLinearImpl::grow(int64_t count, int64_t step, int64_t reserve_after) 
   const int64_t fresh = count - from_reserve;
   if (fresh > 0) {
     // Unused slots start as the original's new triplets: P, Q ~ N(0, 0.02²), λ = 0 (no contribution).
-    const int64_t first = old_rank + from_reserve;
-    lora_A.narrow(0, first, fresh).normal_(0.0, kInitStd);
-    lora_B.narrow(1, first, fresh).normal_(0.0, kInitStd);
-    lora_E.narrow(0, first, fresh).zero_();
-    std::fill_n(factor_start_.begin() + first, fresh, step);
+    init_slots(old_rank + from_reserve, fresh, step, /*zero_P=*/false);
   }
   std::fill_n(lambda_start_.begin() + old_rank, count, step);
   const int64_t remaining_reserve = reserve_ - from_reserve;

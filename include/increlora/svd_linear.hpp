@@ -165,6 +165,8 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   std::vector<torch::Tensor> integer_buffers() const;
   void restore_integer_buffers(const std::vector<torch::Tensor>& saved);
   void resize_reserve(int64_t count, int64_t step);
+  /// Fresh slots [first, first + n): Q ~ N(0, 0.02²), P likewise or 0, λ = 0, P/Q training from `step`.
+  void init_slots(int64_t first, int64_t n, int64_t step, bool zero_P);
   void check_input(const torch::Tensor& input) const;
 
   SVDLinearOptions options_;

@@ -17,6 +17,9 @@ torch::Tensor adapter_forward(const torch::Tensor& x, const torch::Tensor& P, co
                               const torch::Tensor& Q, double scale, double reserve_lambda,
                               const torch::Tensor& score_sink);
 
+/// λ over `in_use` slots: `lambda_active` followed by the held `reserve_lambda` for the reserve slots.
+torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_use, double reserve_lambda);
+
 /// Σ|ΔW ⊙ (dyᵀ x)| / sqrt(numel ΔW) for 2-D dy [tokens × out], x [tokens × in] and a dense ΔW [out × in]
 /// given in factors (P [out × n], coeff [n] = λ s, Q [n × in]); blocked over output rows.
 torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
