@@ -6,6 +6,7 @@
 #include "increlora/allocator.hpp"
 #include "increlora/checkpoint.hpp"
 #include "increlora/errors.hpp"
+#include "increlora/graphed_step.hpp"
 #include "increlora/log.hpp"
 #include "increlora/modules.hpp"
 #include "increlora/optim.hpp"
