@@ -85,20 +85,30 @@ torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_us
 
 torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
                                const torch::Tensor& coeff, const torch::Tensor& Q) {
-  // Accumulate in float32 at least: bf16/f16 products of thousands of tokens lose the score's precision and
-  // f16 can overflow.
-  const auto acc = x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-  const auto xf = x.to(acc);
-  const auto Pf = P.to(acc);
-  const auto Qc = (Q * coeff.unsqueeze(1)).to(acc);  // diag(λ s) Q
+  // Which precision the two [rows × in] products take:
+  //  * bf16 inputs: the products stay in bf16 (the GEMM accumulates in float32; each element of G and ΔW is
+  //    then rounded once, a relative 2^-9 that averages out over the sum). bf16 has float32's range, and this
+  //    is what keeps scoring near the cost of the step: G in float32 is a full weight-gradient GEMM per layer
+  //    in float32, which doubled a BERT-base bf16 step on an H200.
+  //  * f16 inputs: float32, since a product over thousands of tokens can overflow f16's range.
+  //  * float32 / float64: their own precision (the float64 reference test needs it).
+  // The sum Σ|ΔW ⊙ G| always accumulates in float32 at least.
+  const auto in_dtype = x.scalar_type();
+  const auto acc = in_dtype == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const auto prod = in_dtype == torch::kBFloat16 ? torch::kBFloat16 : acc;
+  const auto xp = x.to(prod);
+  const auto Pp = P.to(prod);
+  const auto Qc = (Q.to(acc) * coeff.to(acc).unsqueeze(1)).to(prod);  // diag(λ s) Q
   const int64_t out = P.size(0), in = Q.size(1);
   const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(out, kScoreBlockElements / std::max<int64_t>(in, 1)));
-  auto total = torch::zeros({}, xf.options());
+  torch::Tensor total;
   for (int64_t r0 = 0; r0 < out; r0 += rows) {
     const int64_t n = std::min(rows, out - r0);
-    const auto g = torch::mm(dy.narrow(1, r0, n).t().to(acc), xf);  // ∂L/∂ΔW rows [n × in]
-    const auto dw = torch::mm(Pf.narrow(0, r0, n), Qc);
-    total.add_((dw * g).abs_().sum());
+    const auto g = torch::mm(dy.narrow(1, r0, n).t().to(prod), xp);  // ∂L/∂ΔW rows [n × in]
+    const auto dw = torch::mm(Pp.narrow(0, r0, n), Qc);
+    // The L1 norm is Σ|·| in one pass, accumulated in `acc`.
+    auto part = at::linalg_vector_norm(dw * g, 1, std::nullopt, false, acc);
+    total = total.defined() ? total + part : part;
   }
   return total / std::sqrt(static_cast<double>(out * in));
 }

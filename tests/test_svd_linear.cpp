@@ -161,6 +161,26 @@ TEST_CASE("The score is computed in blocks when ∂L/∂ΔW is large, with the s
   CHECK(score == Approx(expected).epsilon(1e-10));
 }
 
+TEST_CASE("The score of bfloat16 and float16 inputs stays within 1 % of the float64 score", "[svd_linear][score]") {
+  auto device = GENERATE(from_range(devices()));
+  auto dtype = GENERATE(torch::kBFloat16, torch::kHalf);
+  CAPTURE(device, dtype);
+  torch::manual_seed(4);
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  // A BERT-like layer over 2048 tokens: bf16 keeps its products in bf16 (float32 accumulation), f16 in float32.
+  const int64_t tokens = 2048, out = 384, in = 384, n = 3;
+  auto dy = torch::randn({tokens, out}, opts) * 1e-3, x = torch::randn({tokens, in}, opts);
+  auto P = torch::randn({out, n}, opts) * 0.02, Q = torch::randn({n, in}, opts) * 0.02;
+  auto coeff = torch::randn({n}, opts);
+  const auto expected = increlora::detail::importance_score(dy, x, P, coeff, Q).item<double>();
+  const auto low = [&](const torch::Tensor& t) { return t.to(torch::Device(device), dtype); };
+  const auto score = increlora::detail::importance_score(low(dy), low(x), P.to(torch::Device(device), torch::kFloat),
+                                                         coeff.to(torch::Device(device), torch::kFloat),
+                                                         Q.to(torch::Device(device), torch::kFloat));
+  CHECK(score.scalar_type() == torch::kFloat);
+  CHECK(score.item<double>() == Approx(expected).epsilon(0.01));
+}
+
 TEST_CASE("SVDLinear with r = 0 is exactly a torch::nn::Linear", "[svd_linear][linear]") {
   auto device = GENERATE(from_range(devices()));
   CAPTURE(device);

@@ -12,7 +12,8 @@ namespace increlora::detail {
 ///
 /// Backward returns the gradients of x, P, λ (active slots) and Q. When `score_sink` is defined it also
 /// adds Σ|ΔW ⊙ G| / sqrt(out·in) to it, with G = ∂L/∂ΔW = Σ_tokens dy ⊗ x, computed in row blocks (so the
-/// transient never exceeds ~16M elements) in float32 (float64 for double inputs) and freed at once.
+/// transient never exceeds ~16M elements) and freed at once; the sum accumulates in float32 (float64 for double
+/// inputs), the products run in float32 for f16 inputs (range) and in the input's precision otherwise.
 torch::Tensor adapter_forward(const torch::Tensor& x, const torch::Tensor& P, const torch::Tensor& lambda_active,
                               const torch::Tensor& Q, double scale, double reserve_lambda,
                               const torch::Tensor& score_sink);
