@@ -153,8 +153,12 @@ torch::Tensor BertEmbeddingsImpl::forward(const torch::Tensor& input_ids, const 
   } else {
     positions = torch::arange(seq, input_ids.options().dtype(torch::kLong)).unsqueeze(0);
   }
-  INCRELORA_CHECK(positions.max().item<int64_t>() < config.max_position_embeddings, "BertModel: sequences of ",
-                  seq, " tokens exceed max_position_embeddings (", config.max_position_embeddings,
+  // The largest position is known on the host (BERT: seq − 1; RoBERTa: at most pad_token_id + seq), so the
+  // check reads nothing back from the device: a training step stays free of host synchronisation and can be
+  // captured as a CUDA graph.
+  const int64_t last_position = config.is_roberta() ? config.pad_token_id + seq : seq - 1;
+  INCRELORA_CHECK(last_position < config.max_position_embeddings, "BertModel: sequences of ", seq,
+                  " tokens exceed max_position_embeddings (", config.max_position_embeddings,
                   "); truncate the inputs (--max_seq_length).");
   auto x = word_embeddings(input_ids) + position_embeddings(positions) + token_type_embeddings(token_type_ids);
   return dropout(LayerNorm(x));
