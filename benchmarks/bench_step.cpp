@@ -61,6 +61,7 @@ struct Args {
   double lora_alpha = 16.0;
   double lora_dropout = 0.1;
   std::string optimizer = "fused";  // fused: increlora::FusedAdamW; loop: torch::optim::AdamW
+  bool graphs = true;  // forward + backward through increlora::GraphedStep (CUDA graphs on a CUDA device)
   double lr = 1e-4;
   double reg_orth_coef = 0.1;
   int64_t seed = 0;
@@ -73,11 +74,14 @@ const char* kUsage =
     "usage: bench_step [--model bert-base|minilm] [--dtype fp32|bf16] [--device cpu|cuda]\n"
     "                  [--phase scoring|after_budget|frozen_forward] [--batch 32] [--seq 128]\n"
     "                  [--warmup 10] [--steps 50] [--rank 2] [--lora_dropout 0.1] [--lr 1e-4]\n"
-    "                  [--optimizer fused|loop]\n"
+    "                  [--optimizer fused|loop] [--graphs on|off]\n"
     "                  [--layers N] [--tiny] [--breakdown] [--threads N] [--seed 0]\n"
     "                  [--out result.json]\n"
     "--breakdown also synchronises between the parts of the step and reports each part's median (forward +\n"
-    "loss, backward, allocator, optimizer step + zero_grad); the step times of such a run include those waits.\n";
+    "loss, backward, allocator, optimizer step + zero_grad); the step times of such a run include those waits.\n"
+    "--graphs on (the default) runs forward + loss + backward through increlora::GraphedStep: captured as CUDA\n"
+    "graphs on a CUDA device (rows increlora_<phase>; eager on a CPU); off runs them eagerly everywhere (rows\n"
+    "increlora_<phase>_eager).\n";
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -106,6 +110,11 @@ Args parse(int argc, char** argv) {
     else if (name == "lora_alpha") a.lora_alpha = std::stod(need(i, name));
     else if (name == "lora_dropout") a.lora_dropout = std::stod(need(i, name));
     else if (name == "optimizer") a.optimizer = need(i, name);
+    else if (name == "graphs") {
+      const auto v = need(i, name);
+      if (v != "on" && v != "off") throw std::invalid_argument("--graphs: on or off");
+      a.graphs = v == "on";
+    }
     else if (name == "lr") a.lr = std::stod(need(i, name));
     else if (name == "reg_orth_coef") a.reg_orth_coef = std::stod(need(i, name));
     else if (name == "seed") a.seed = std::stoll(need(i, name));
@@ -259,6 +268,16 @@ int run(const Args& a) {
     parts[part].push_back(std::chrono::duration<double, std::milli>(now - t).count());
     t = now;
   };
+  auto forward_backward = [&](const std::vector<torch::Tensor>& in) {
+    const auto logits = model(in[0], in[1]);
+    auto loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), in[2]);
+    if (a.reg_orth_coef > 0) loss = loss + increlora::compute_orth_regu(*model, a.reg_orth_coef);
+    loss.backward();
+    return loss;
+  };
+  // The step as examples/glue.cpp runs it: forward + backward captured once per rank state and replayed (on a
+  // CUDA device; eager on the CPU), the allocator and the optimizer eager between them.
+  increlora::GraphedStep graphed(*model, forward_backward, increlora::GraphedStepOptions().enabled(a.graphs));
   auto step = [&](int64_t global_step) {
     auto t = std::chrono::steady_clock::now();
     if (!train) {
@@ -267,16 +286,11 @@ int run(const Args& a) {
       return;
     }
     if (allocator->is_scoring_step(global_step)) ++scored_steps;
-    const auto logits = model(input_ids, attention_mask);
-    auto loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), labels);
-    if (a.reg_orth_coef > 0) loss = loss + increlora::compute_orth_regu(*model, a.reg_orth_coef);
-    mark("forward_loss", t);
-    loss.backward();
-    mark("backward", t);
+    (void)graphed({input_ids, attention_mask, labels});  // zeroes the gradients first
+    mark("forward_backward", t);
     (void)allocator->update_and_increase(*model, global_step, *optimizer);
     mark("allocator", t);
     optimizer->step();
-    optimizer->zero_grad();
     mark("optimizer", t);
   };
 
@@ -310,7 +324,8 @@ int run(const Args& a) {
   for (double v : ms) sum += v;
   json result = {
       {"impl", "increlora-cpp"},
-      {"peer", train ? "increlora_" + a.phase : "increlora_frozen_forward"},
+      {"peer", train ? "increlora_" + a.phase + (a.graphs ? "" : "_eager") : "increlora_frozen_forward"},
+      {"cuda_graphs", train && graphed.uses_graphs()},
       {"phase", a.phase},
       {"model", a.model},
       {"tiny", a.tiny},
@@ -352,6 +367,9 @@ int run(const Args& a) {
     result["budget"] = allocator->budget();
     result["budget_met"] = allocator->budget_met();
     result["scored_steps"] = scored_steps;
+    const auto& st = graphed.stats();
+    result["graphed_step"] = {{"eager_steps", st.eager_steps}, {"captures", st.captures}, {"replays", st.replays},
+                              {"evictions", st.evictions}};
   }
   if (timing_parts) {
     json b;

@@ -14,7 +14,8 @@ import os
 import sys
 
 KEY = ("impl", "peer", "model", "tiny", "layers", "dtype", "device", "batch", "seq")
-ORDER = ["increlora_scoring", "increlora_after_budget", "increlora_frozen_forward", "lora", "lora_compiled",
+ORDER = ["increlora_scoring", "increlora_after_budget", "increlora_scoring_eager", "increlora_after_budget_eager",
+         "increlora_frozen_forward", "lora", "lora_compiled",
          "lora_compiled_opt", "adalora", "full", "full_compiled", "frozen_forward", "frozen_forward_compiled"]
 INCRELORA = ["increlora_scoring", "increlora_after_budget"]
 
@@ -98,10 +99,11 @@ def table(doc, markdown=False):
                     continue
                 row.append("%.2f" % (i["median_ms"] / r["median_ms"]))
                 # A CUDA-graph replay allocates nothing (its activations sit in the graph's private pool), so
-                # for those peers the allocated peak is only the weights: compare reserved peaks instead.
-                which = "peak_reserved_bytes" if "_compiled" in p else "peak_allocated_bytes"
+                # when either side replays graphs the allocated peak misses them: compare reserved peaks instead.
+                graphs = "_compiled" in p or bool(i.get("cuda_graphs")) or bool(r.get("cuda_graphs"))
+                which = "peak_reserved_bytes" if graphs else "peak_allocated_bytes"
                 pa, pb = i.get(which), r.get(which)
-                row.append(("%.2f" % (pa / pb) + ("†" if "_compiled" in p else "")) if pa and pb else "-")
+                row.append(("%.2f" % (pa / pb) + ("†" if graphs else "")) if pa and pb else "-")
             rows.append(row)
         title = "%s%s, %s, %s, batch %s x %s" % (model, " (tiny)" if tiny else "", dtype, device, batch, seq)
         breakdowns = ["%s: %s" % (p, ", ".join("%s %.2f ms" % kv for kv in rs[p]["breakdown_ms"].items()))
@@ -120,7 +122,7 @@ def table(doc, markdown=False):
                                         for i, (c, w) in enumerate(zip(row, widths)))
             lines.append(fmt(head))
             lines += [fmt(row) for row in rows]
-        if any("_compiled" in p for p in rs) and inc:
+        if inc and (any("_compiled" in p for p in rs) or any(r.get("cuda_graphs") for r in rs.values())):
             lines.append(("\n" if markdown else "") + "† peak reserved ÷ peak reserved: under CUDA graphs the "
                          "allocated peak misses the graph's memory pool")
         for b in breakdowns:

@@ -91,10 +91,12 @@ else
   for model in $models; do
     for dtype in $dtypes; do
       if [[ "$run_cpp" -eq 1 ]]; then
-        for phase in scoring after_budget frozen_forward; do
-          f="$work/cpp-$model-$dtype-$phase.json"
-          "$bench" --model "$model" --dtype "$dtype" --device "$device" --phase "$phase" --batch 32 --seq 128 \
-            --warmup "$warmup" --steps "$steps" --out "$f"
+        # The training phases with CUDA graphs (the default) and without (the _eager rows), then the floor.
+        for run in "scoring on" "after_budget on" "scoring off" "after_budget off" "frozen_forward on"; do
+          read -r phase graphs <<<"$run"
+          f="$work/cpp-$model-$dtype-$phase-$graphs.json"
+          "$bench" --model "$model" --dtype "$dtype" --device "$device" --phase "$phase" --graphs "$graphs" \
+            --batch 32 --seq 128 --warmup "$warmup" --steps "$steps" --out "$f"
           parts+=("$f")
         done
       fi
