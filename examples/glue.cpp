@@ -214,6 +214,7 @@ struct Args {
   double max_grad_norm = 1.0;
   std::string device = "auto";
   bool exact_scoring = false;
+  bool cuda_graphs = false;
 };
 
 std::string default_model_dir() {
@@ -265,6 +266,8 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.add("lora_capacity", &a.lora_capacity, "triplets each adapted layer can hold; 0 sizes it from the target");
   f.add("device", &a.device, "cpu, cuda, cuda:N, or auto (cuda when available)");
   f.add("exact_scoring", &a.exact_scoring, "score importance at every step, as the original does (slower)");
+  f.add("cuda_graphs", &a.cuda_graphs, "on CUDA, replay forward + backward from CUDA graphs (increlora::GraphedStep; "
+        "training batches are then padded to max_seq_length so that one shape is captured)");
   f.ignore("model_name_or_path", true, "use --model_dir (a local Hugging Face checkpoint directory)");
   f.ignore("lora_type", true, "always svd");
   f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
@@ -337,9 +340,11 @@ struct Batch {
 };
 
 // Pads to the longest input of the batch (not to max_seq_length): the attention mask makes the padding inert,
-// and short batches run much faster on a CPU.
-Batch collate(const Dataset& d, const std::vector<size_t>& idx, int64_t pad_id, const torch::Device& device) {
-  size_t len = 0;
+// and short batches run much faster on a CPU. `pad_to` > 0 pads to that length instead (one shape for every
+// batch, which a CUDA graph needs).
+Batch collate(const Dataset& d, const std::vector<size_t>& idx, int64_t pad_id, const torch::Device& device,
+              int64_t pad_to = 0) {
+  size_t len = static_cast<size_t>(std::max<int64_t>(pad_to, 0));
   for (auto i : idx) len = std::max(len, d.inputs[i].input_ids.size());
   const auto n = static_cast<int64_t>(idx.size());
   auto ids = torch::full({n, static_cast<int64_t>(len)}, pad_id, torch::kLong);
@@ -587,6 +592,22 @@ int run(int argc, char** argv) {
     std::fflush(stdout);
   };
 
+  // Forward, loss and backward of one training step. With --cuda_graphs on a GPU it is captured once per rank
+  // state and replayed (the allocator, clipping and the optimizer stay eager); otherwise it runs as written.
+  increlora::GraphedStep forward_backward(
+      *model,
+      [&](const std::vector<torch::Tensor>& in) {
+        const auto logits = model(in[0], in[1], in[2]);
+        const auto loss = spec.is_regression()
+                              ? torch::nn::functional::mse_loss(logits.select(1, 0).to(torch::kFloat), in[4])
+                              : torch::nn::functional::cross_entropy(logits.to(torch::kFloat), in[3]);
+        auto reg = a.reg_orth_coef > 0 ? increlora::compute_orth_regu(*model, a.reg_orth_coef)
+                                       : torch::zeros({}, loss.options());
+        (loss + reg).backward();
+        return torch::stack({loss.detach(), reg.detach().to(loss.scalar_type())});
+      },
+      increlora::GraphedStepOptions().enabled(a.cuda_graphs));
+
   const auto start = std::chrono::steady_clock::now();
   // Sums of the logged losses stay on the device between logging steps: reading them every step would
   // synchronise the host with the GPU each step.
@@ -601,23 +622,15 @@ int run(int argc, char** argv) {
     std::vector<size_t> idx(order.begin() + static_cast<std::ptrdiff_t>(cursor),
                             order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), cursor + static_cast<size_t>(a.per_device_train_batch_size))));
     cursor += idx.size();
-    const auto b = collate(train, idx, tokenizer.pad_id(), device);
+    const auto b = collate(train, idx, tokenizer.pad_id(), device, a.cuda_graphs ? a.max_seq_length : 0);
 
     const double lr = lr_at(step);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
-    const auto logits = model(b.input_ids, b.attention_mask, b.token_type_ids);
-    torch::Tensor loss = spec.is_regression()
-                             ? torch::nn::functional::mse_loss(logits.select(1, 0).to(torch::kFloat), b.scores)
-                             : torch::nn::functional::cross_entropy(logits.to(torch::kFloat), b.labels);
-    torch::Tensor total = loss;
-    torch::Tensor reg;
-    if (a.reg_orth_coef > 0) {
-      reg = increlora::compute_orth_regu(*model, a.reg_orth_coef);
-      total = loss + reg;
-    }
-    optimizer.zero_grad();
-    total.backward();
+    // [task loss, orthogonality penalty] of this step; the gradients are zeroed by forward_backward.
+    const auto losses = forward_backward({b.input_ids, b.attention_mask, b.token_type_ids, b.labels, b.scores});
+    const auto loss = losses[0];
+    const auto reg = a.reg_orth_coef > 0 ? losses[1] : torch::Tensor();
 
     const auto events = allocator.update_and_increase(*model, step, optimizer);
     if (a.max_grad_norm > 0) {

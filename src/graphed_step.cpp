@@ -285,6 +285,10 @@ void GraphedStep::reset() {
 #ifdef INCRELORA_WITH_CUDA_GRAPHS
   impl_->graphs.clear();
   impl_->input_buffers.clear();
+  // The replaced tensors may have new shapes or a new set of trained parameters: warm up again and take the
+  // gradients the next eager backward creates.
+  impl_->grads.clear();
+  impl_->device_eager_steps = 0;
 #endif
 }
 

@@ -130,6 +130,11 @@ TEST_CASE("GraphedStep re-captures for new input shapes and returns losses that 
   CHECK_ALLCLOSE(grad_after_graphs, net->fc[0]->lora_A.grad(), 1e-4, 1e-7);
   if (step.uses_graphs()) {
     CHECK(step.stats().captures == 2);  // one per input shape ([4, 8] and [6, 8])
+    // reset() drops the graphs and the held gradients: the next steps warm up eagerly, then capture again.
+    step.reset();
+    for (int i = 0; i < 3; ++i) (void)step({batches[0]});
+    CHECK(step.stats().eager_steps == 4);
+    CHECK(step.stats().captures == 3);
   }
 }
 

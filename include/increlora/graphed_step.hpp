@@ -86,8 +86,9 @@ class GraphedStep {
   /// tensor of its own, which later steps do not overwrite.
   torch::Tensor operator()(const std::vector<torch::Tensor>& inputs);
 
-  /// Releases every graph and its memory; the next step is captured anew. Call it after replacing the model's
-  /// tensors by hand, which the key does not see when the new storage reuses an old address.
+  /// Releases every graph, its memory and the gradients held for the graphs; the next steps warm up and capture
+  /// anew. Call it after replacing the model's tensors by hand, which the key does not see when the new storage
+  /// reuses an old address.
   void reset();
 
   /// Whether steps run from CUDA graphs: a CUDA model, a LibTorch with CUDA, `enabled`.
