@@ -7,11 +7,13 @@
 #include <ATen/ops/_foreach_zero.h>
 
 #ifdef INCRELORA_WITH_CUDA_GRAPHS
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #endif
 
 #include <cstdint>
@@ -99,24 +101,27 @@ struct GraphedStep::Impl {
     uint64_t last_used = 0;
   };
   std::optional<c10::cuda::CUDAStream> stream;
+  // The memory pool every live graph shares. The allocator frees a pool once no graph uses it and refuses a
+  // capture into it after that, so a capture with no live graph takes a fresh pool.
   std::optional<c10::MempoolId_t> pool;
   at::cuda::CUDAEvent enter_event, leave_event;
   std::map<Key, std::vector<torch::Tensor>> input_buffers;  // per input signature, outside the graphs' pool
-  std::map<Key, Entry> graphs;
+  std::map<Key, Entry> graphs;  // only graphs that were captured cleanly
   // Gradients live outside the graphs' pool, allocated by the warm-up's eager backward: every graph adds into
   // the same tensors, which the optimizer reads. Keyed by the parameter's TensorImpl.
   std::unordered_map<const c10::TensorImpl*, torch::Tensor> grads;
   uint64_t clock = 0;
   bool warmup_cache_released = false;
+  bool capture_failed = false;  // a capture broke: this object runs eagerly from then on
 
   Key state_key(const Key& input_key) const {
     Key key = input_key;
-    key.push_back(model.is_training() ? 1 : 0);
+    // Every module's mode, not only the root's: a submodule switched to eval (a dropout, say) changes the step.
+    for (const auto& m : model.modules(/*include_self=*/true)) key.push_back(m->is_training() ? 1 : 0);
     for (const auto& [name, m] : layers) {
       key.push_back(m->rank());
       key.push_back(m->reserve_rank());
       key.push_back(m->is_merged() ? 1 : 0);
-      key.push_back(m->is_training() ? 1 : 0);
       append_tensor_identity(key, m->score_sink());
     }
     for (const auto& p : model.parameters()) {
@@ -127,17 +132,37 @@ struct GraphedStep::Impl {
     return key;
   }
 
+  static bool fits(const torch::Tensor& grad, const torch::Tensor& param) {
+    return grad.sizes() == param.sizes() && grad.scalar_type() == param.scalar_type() &&
+           grad.device() == param.device();
+  }
+
   void adopt_grads() {
     for (const auto& p : trainable()) {
       if (p.grad().defined()) grads[p.unsafeGetTensorImpl()] = p.grad();
     }
   }
 
+  /// Puts the held gradients back on their parameters. A held gradient that no longer fits its parameter (moved
+  /// or converted since) is dropped: the next capture then sees a gradient it does not own and replaces it.
   void attach_grads() {
     for (auto& p : trainable()) {
       const auto it = grads.find(p.unsafeGetTensorImpl());
-      if (it != grads.end() && !p.grad().is_same(it->second)) p.mutable_grad() = it->second;
+      if (it == grads.end()) continue;
+      if (!fits(it->second, p)) {
+        grads.erase(it);
+        continue;
+      }
+      if (!p.grad().is_same(it->second)) p.mutable_grad() = it->second;
     }
+  }
+
+  void release_grads() {
+    for (auto& p : model.parameters()) {
+      const auto it = grads.find(p.unsafeGetTensorImpl());
+      if (it != grads.end() && p.grad().is_same(it->second)) p.mutable_grad() = torch::Tensor();
+    }
+    grads.clear();
   }
 
   std::vector<torch::Tensor> owned_grads() const {
@@ -156,33 +181,56 @@ struct GraphedStep::Impl {
     ++stats.evictions;
   }
 
-  /// Records the step into a new graph (nothing runs yet). Returns false when the captured backward created a
+  /// Ends a capture that CUDA invalidated (a host synchronisation inside the step, say): `capture_end` throws
+  /// before it tells the allocators that the capture is over, which would leave them routing allocations to the
+  /// pool. Best effort: each call may find nothing to end.
+  void abandon_capture(Entry& entry, const torch::Device& device) {
+    try {
+      entry.graph->capture_end();
+    } catch (...) {  // the capture's own error is the one to report
+    }
+    try {
+      c10::cuda::CUDACachingAllocator::endAllocateToPool(device.index(), *pool);
+    } catch (...) {
+    }
+    try {
+      at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(*pool);
+    } catch (...) {
+    }
+    (void)cudaGetLastError();  // clear the capture error so that later CUDA calls do not report it
+    entry.graph.reset();
+    graphs.clear();
+    pool.reset();
+    capture_failed = true;
+  }
+
+  /// Records the step into `entry` (nothing runs yet). Returns false when the captured backward created a
   /// gradient this object does not own (a parameter that got none in the warm-up): that gradient then lives in
   /// the graph's pool, so the graph is dropped, the parameter gets an owned gradient and the caller captures again.
-  bool capture(Entry& entry) {
-    if (!pool) pool = at::cuda::graph_pool_handle();
+  bool capture(Entry& entry, const torch::Device& device) {
+    if (graphs.empty()) pool = at::cuda::graph_pool_handle();
     attach_grads();
     const auto zero_list = owned_grads();
     entry.graph = std::make_unique<at::cuda::CUDAGraph>();
     entry.graph->capture_begin(*pool);
+    torch::Tensor loss;
     try {
       if (!zero_list.empty()) at::_foreach_zero_(zero_list);
-      const auto loss = step(entry.inputs);
-      entry.loss = loss.defined() ? loss.detach() : loss;
+      loss = step(entry.inputs);
     } catch (const std::exception& e) {
-      try {
-        entry.graph->capture_end();
-      } catch (...) {  // the capture is already invalid; its error is the one to report
-      }
-      entry.graph.reset();
+      abandon_capture(entry, device);
       INCRELORA_CHECK(false, "GraphedStep: the training step could not be captured as a CUDA graph: ", e.what(),
                       "\nA captured step must not synchronise with the host (no item(), no printing of tensors, no "
-                      "data-dependent shapes, no copies to the CPU) nor copy new host data to the device; run it "
-                      "with GraphedStepOptions().enabled(false) to use it eagerly.");
+                      "data-dependent shapes, no copies to the CPU) nor copy new host data to the device. This "
+                      "GraphedStep runs eagerly from now on; GraphedStepOptions().enabled(false) does so from the start.");
     }
     entry.graph->capture_end();
-    INCRELORA_CHECK(entry.loss.defined(), "GraphedStep: the step function returned an undefined tensor; return the "
-                    "loss after calling backward() on it.");
+    if (!loss.defined()) {
+      entry.graph.reset();
+      INCRELORA_CHECK(false, "GraphedStep: the step function returned an undefined tensor; return the loss after "
+                      "calling backward() on it.");
+    }
+    entry.loss = loss.detach();
     bool clean = true;
     for (auto& p : trainable()) {
       if (!p.grad().defined()) continue;
@@ -195,9 +243,10 @@ struct GraphedStep::Impl {
       entry.graph.reset();
       entry.loss = torch::Tensor();
       attach_grads();
+      return false;
     }
     ++stats.captures;
-    return clean;
+    return true;
   }
 
   torch::Tensor run_graphed(const std::vector<torch::Tensor>& inputs, const torch::Device& device) {
@@ -208,6 +257,25 @@ struct GraphedStep::Impl {
     // same one so that per-stream lazy state, like cuBLAS workspaces, exists before the capture).
     enter_event.record(caller);
     enter_event.block(*stream);
+    // The caller's stream waits for the side stream however this scope is left, an exception included: the
+    // caller may free the inputs or touch the gradients next.
+    struct Join {
+      at::cuda::CUDAEvent& event;
+      c10::cuda::CUDAStream side, caller;
+      bool pending = true;
+      void now() {
+        if (!pending) return;
+        pending = false;
+        event.record(side);
+        event.block(caller);
+      }
+      ~Join() {
+        try {
+          now();
+        } catch (...) {  // unwinding already: nothing better to do than not to throw again
+        }
+      }
+    } join{leave_event, *stream, caller};
     torch::Tensor result;
     {
       c10::cuda::CUDAStreamGuard stream_guard(*stream);
@@ -219,9 +287,11 @@ struct GraphedStep::Impl {
       }
       for (size_t i = 0; i < inputs.size(); ++i) buffers[i].copy_(inputs[i], /*non_blocking=*/true);
 
-      if (device_eager_steps < options.warmup_steps()) {
+      if (device_eager_steps < options.warmup_steps() || capture_failed) {
         result = run_eager(buffers);
-        if (++device_eager_steps == options.warmup_steps()) adopt_grads();
+        if (device_eager_steps < options.warmup_steps() && ++device_eager_steps == options.warmup_steps()) {
+          adopt_grads();
+        }
       } else {
         if (!warmup_cache_released && options.release_warmup_cache()) {
           c10::cuda::CUDACachingAllocator::emptyCache();
@@ -231,15 +301,13 @@ struct GraphedStep::Impl {
         auto it = graphs.find(key);
         if (it == graphs.end()) {
           if (static_cast<int64_t>(graphs.size()) >= options.max_graphs()) evict_least_recent();
-          it = graphs.emplace(key, Entry{}).first;
-          it->second.inputs = buffers;
+          Entry entry;
+          entry.inputs = buffers;
           bool captured = false;
-          for (int attempt = 0; attempt < 2 && !captured; ++attempt) captured = capture(it->second);
-          if (!captured) {
-            graphs.erase(it);
-            INCRELORA_CHECK(false, "GraphedStep: the captured backward keeps creating gradients for parameters "
-                            "outside the warm-up's set; make the set of trained parameters the same at every step.");
-          }
+          for (int attempt = 0; attempt < 2 && !captured; ++attempt) captured = capture(entry, device);
+          INCRELORA_CHECK(captured, "GraphedStep: the captured backward keeps creating gradients for parameters "
+                          "outside the warm-up's set; make the set of trained parameters the same at every step.");
+          it = graphs.emplace(key, std::move(entry)).first;
         }
         it->second.last_used = ++clock;
         it->second.graph->replay();
@@ -248,9 +316,10 @@ struct GraphedStep::Impl {
       }
       attach_grads();
     }
-    leave_event.record(*stream);
-    leave_event.block(caller);
-    // A copy made on the caller's stream: the captured output is rewritten by the next replay.
+    // A copy made on the caller's stream once it has waited for the side stream: the captured output is
+    // rewritten by the next replay.
+    join.now();
+    c10::cuda::CUDAStreamGuard caller_guard(caller);
     return result.detach().clone();
   }
 #endif
@@ -276,6 +345,9 @@ bool GraphedStep::cuda_graphs_compiled() {
 }
 
 bool GraphedStep::uses_graphs() const {
+#ifdef INCRELORA_WITH_CUDA_GRAPHS
+  if (impl_->capture_failed) return false;
+#endif
   return cuda_graphs_compiled() && impl_->options.enabled() && impl_->device().is_cuda();
 }
 
@@ -287,8 +359,9 @@ void GraphedStep::reset() {
   impl_->input_buffers.clear();
   // The replaced tensors may have new shapes or a new set of trained parameters: warm up again and take the
   // gradients the next eager backward creates.
-  impl_->grads.clear();
+  impl_->release_grads();
   impl_->device_eager_steps = 0;
+  impl_->capture_failed = false;
 #endif
 }
 

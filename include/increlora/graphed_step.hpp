@@ -70,7 +70,7 @@ struct GraphedStepStats {
 /// copy of new host data to the device inside it; no gradient accumulation across calls (each call zeroes the
 /// gradients first; the gradient tensors are owned here and re-attached to the parameters after each call, so
 /// `optimizer.zero_grad()` is harmless). Dropout and other random ops draw fresh numbers at each replay. A step
-/// that breaks a rule fails its capture with an exception that says so.
+/// that breaks a rule fails its capture with an exception that says so, and the object runs eagerly after it.
 ///
 /// On a CPU model, or when LibTorch was built without CUDA, it runs every step eagerly.
 class GraphedStep {
@@ -86,12 +86,12 @@ class GraphedStep {
   /// tensor of its own, which later steps do not overwrite.
   torch::Tensor operator()(const std::vector<torch::Tensor>& inputs);
 
-  /// Releases every graph, its memory and the gradients held for the graphs; the next steps warm up and capture
-  /// anew. Call it after replacing the model's tensors by hand, which the key does not see when the new storage
+  /// Releases every graph, its memory and the gradients held for the graphs (they are detached from the
+  /// parameters), and forgets a failed capture; the next steps warm up and capture anew. Call it after replacing the model's tensors by hand, which the key does not see when the new storage
   /// reuses an old address.
   void reset();
 
-  /// Whether steps run from CUDA graphs: a CUDA model, a LibTorch with CUDA, `enabled`.
+  /// Whether steps run from CUDA graphs: a CUDA model, a LibTorch with CUDA, `enabled`, and no failed capture.
   bool uses_graphs() const;
   const GraphedStepStats& stats() const;
   /// Whether this build of increlora can capture CUDA graphs (it was compiled against a CUDA LibTorch).
