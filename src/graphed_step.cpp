@@ -82,6 +82,15 @@ struct GraphedStep::Impl {
     if (!grads.empty()) at::_foreach_zero_(grads);
   }
 
+  /// Whether a step on `device` runs from graphs (a failed capture switches them off for good).
+  bool graphs_on(const torch::Device& device) const {
+#ifdef INCRELORA_WITH_CUDA_GRAPHS
+    return options.enabled() && device.is_cuda() && !capture_failed;
+#else
+    return false;
+#endif
+  }
+
   torch::Tensor run_eager(const std::vector<torch::Tensor>& inputs) {
     zero_grads(trainable());
     ++stats.eager_steps;
@@ -287,11 +296,9 @@ struct GraphedStep::Impl {
       }
       for (size_t i = 0; i < inputs.size(); ++i) buffers[i].copy_(inputs[i], /*non_blocking=*/true);
 
-      if (device_eager_steps < options.warmup_steps() || capture_failed) {
+      if (device_eager_steps < options.warmup_steps()) {
         result = run_eager(buffers);
-        if (device_eager_steps < options.warmup_steps() && ++device_eager_steps == options.warmup_steps()) {
-          adopt_grads();
-        }
+        if (++device_eager_steps == options.warmup_steps()) adopt_grads();
       } else {
         if (!warmup_cache_released && options.release_warmup_cache()) {
           c10::cuda::CUDACachingAllocator::emptyCache();
@@ -344,12 +351,7 @@ bool GraphedStep::cuda_graphs_compiled() {
 #endif
 }
 
-bool GraphedStep::uses_graphs() const {
-#ifdef INCRELORA_WITH_CUDA_GRAPHS
-  if (impl_->capture_failed) return false;
-#endif
-  return cuda_graphs_compiled() && impl_->options.enabled() && impl_->device().is_cuda();
-}
+bool GraphedStep::uses_graphs() const { return impl_->graphs_on(impl_->device()); }
 
 const GraphedStepStats& GraphedStep::stats() const { return impl_->stats; }
 
@@ -371,7 +373,7 @@ torch::Tensor GraphedStep::operator()(const std::vector<torch::Tensor>& inputs) 
     INCRELORA_CHECK(inputs[i].defined(), "GraphedStep: input ", i, " is undefined; pass defined tensors.");
   }
 #ifdef INCRELORA_WITH_CUDA_GRAPHS
-  if (uses_graphs()) return impl_->run_graphed(inputs, device);
+  if (impl_->graphs_on(device)) return impl_->run_graphed(inputs, device);
 #endif
   std::vector<torch::Tensor> moved;
   moved.reserve(inputs.size());
