@@ -5,8 +5,8 @@
 //   bench_step --model bert-base --dtype bf16 --device cuda --phase scoring --steps 100 --out scoring.json
 //
 // The step is what examples/glue.cpp does at every optimizer step, without data loading and logging:
-// forward (classification head, cross-entropy on random labels) + compute_orth_regu, backward,
-// allocator.update_and_increase, AdamW step, zero_grad.
+// gradients zeroed, forward (classification head, cross-entropy on random labels) + compute_orth_regu and
+// backward (through increlora::GraphedStep), allocator.update_and_increase, AdamW step.
 //
 // Phases:
 //   scoring       every adapter starts at rank 1 and the budget is rank 2 on average; the allocator scores
@@ -77,8 +77,8 @@ const char* kUsage =
     "                  [--optimizer fused|loop] [--graphs on|off]\n"
     "                  [--layers N] [--tiny] [--breakdown] [--threads N] [--seed 0]\n"
     "                  [--out result.json]\n"
-    "--breakdown also synchronises between the parts of the step and reports each part's median (forward +\n"
-    "loss, backward, allocator, optimizer step + zero_grad); the step times of such a run include those waits.\n"
+    "--breakdown also synchronises between the parts of the step and reports each part's median (zero_grad +\n"
+    "forward + loss + backward, allocator, optimizer step); the step times of such a run include those waits.\n"
     "--graphs on (the default) runs forward + loss + backward through increlora::GraphedStep: captured as CUDA\n"
     "graphs on a CUDA device (rows increlora_<phase>; eager on a CPU); off runs them eagerly everywhere (rows\n"
     "increlora_<phase>_eager).\n";
@@ -211,7 +211,7 @@ int run(const Args& a) {
   // bf16; the adapter banks stay float32 (SVDLinear casts them to the input's dtype in the forward, and the
   // casts' backward returns float32 gradients), as PEFT's autocast_adapter_dtype keeps LoRA weights float32.
   // Autocast is not used: SVDLinear requires its input in the weight's dtype. Parameters are converted one by
-  // one because Module::to(dtype) would also convert SVDLinear's int64 slot-state buffers.
+  // one because Module::to(dtype) would convert the adapter banks too.
   const bool bf16 = a.dtype == "bf16";
   if (bf16) {
     torch::NoGradGuard no_grad;

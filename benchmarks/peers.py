@@ -25,6 +25,7 @@ float32 weights under torch.autocast instead.
 --smoke: CPU, a tiny encoder, a few steps, compiled peers skipped; for CI (ctest bench_peers_smoke).
 """
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -120,7 +121,7 @@ class Peer:
         self.total_params = sum(p.numel() for p in model.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01) if self.train else None
 
-        self.compiled = name.endswith("_compiled") or name.endswith("_compiled_opt")
+        self.compiled = is_compiled(name)
         self.autocast = args.dtype == "bf16" and args.bf16_mode == "autocast"
 
         def forward_loss(input_ids, attention_mask, labels):
@@ -151,7 +152,7 @@ class Peer:
     def step(self, i):
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-        ctx = torch.autocast(self.args.device, dtype=torch.bfloat16) if self.autocast else _null()
+        ctx = torch.autocast(self.args.device, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         if not self.train:
             with torch.no_grad(), ctx:
                 self.fn(self.input_ids, self.attention_mask)
@@ -163,14 +164,6 @@ class Peer:
         if self.adalora:
             self.model.base_model.update_and_allocate(i)
         self.optimizer.zero_grad(set_to_none=True)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def sync(device):
@@ -237,7 +230,7 @@ def run_peer(args, name):
         "notes": "; ".join(peer.notes),
     }
     del peer
-    if peer_compiled(name):
+    if is_compiled(name):
         torch._dynamo.reset()
     gc.collect()
     if cuda:
@@ -245,7 +238,8 @@ def run_peer(args, name):
     return record
 
 
-def peer_compiled(name):
+def is_compiled(name):
+    """lora_compiled, lora_compiled_opt, full_compiled, frozen_forward_compiled."""
     return "_compiled" in name
 
 
@@ -357,7 +351,7 @@ def main():
                 write()
         peers = []
     for name in peers:
-        if peer_compiled(name) and not args.device.startswith("cuda"):
+        if is_compiled(name) and not args.device.startswith("cuda"):
             # reduce-overhead means CUDA graphs; on CPU it would time compilation, not the peer.
             results.append(dict(stub(args, name), skipped="compiled peers need CUDA"))
             write()

@@ -644,8 +644,9 @@ int run(int argc, char** argv) {
       optimizer.step();
     }
 
-    loss_sum = loss_sum.defined() ? loss_sum + loss.detach() : loss.detach().clone();
-    if (reg.defined()) reg_sum = reg_sum.defined() ? reg_sum + reg.detach() : reg.detach().clone();
+    // forward_backward returns a detached tensor of its own: the sums can start from it without a copy.
+    loss_sum = loss_sum.defined() ? loss_sum + loss : loss;
+    if (reg.defined()) reg_sum = reg_sum.defined() ? reg_sum + reg : reg;
     ++loss_count;
 
     if (!events.empty()) {

@@ -202,7 +202,7 @@ def rank_pattern(model):
     for name, p in model.base_model.model.named_parameters():  # names as glue.cpp's (bert.encoder...)
         if ".lora_E." in name:
             ranks[name.split(".lora_E.")[0]] = int((p.detach() != 0).sum())
-        elif ".lora_A." in name and ".lora_E." not in name:
+        elif ".lora_A." in name:
             ranks.setdefault(name.split(".lora_A.")[0], p.shape[0])
     return ranks
 
@@ -358,8 +358,9 @@ def main(argv=None):
 
         # Passing labels lets PEFT's AdaLoraModel.forward add its orthogonality regularizer to outputs.loss.
         out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
-        ce = F.cross_entropy(out.logits.float(), labels)
         total = out.loss
+        # LoRA's loss is the cross-entropy itself; AdaLoRA's holds the regularizer too, logged apart.
+        ce = F.cross_entropy(out.logits.float(), labels) if args.method == "adalora" else total
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if args.max_grad_norm > 0:

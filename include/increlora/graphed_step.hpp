@@ -87,8 +87,9 @@ class GraphedStep {
   torch::Tensor operator()(const std::vector<torch::Tensor>& inputs);
 
   /// Releases every graph, its memory and the gradients held for the graphs (they are detached from the
-  /// parameters), and forgets a failed capture; the next steps warm up and capture anew. Call it after replacing the model's tensors by hand, which the key does not see when the new storage
-  /// reuses an old address.
+  /// parameters), and forgets a failed capture; the next steps warm up and capture anew. Call it after
+  /// replacing the model's tensors by hand, which the key does not see when the new storage reuses an old
+  /// address.
   void reset();
 
   /// Whether steps run from CUDA graphs: a CUDA model, a LibTorch with CUDA, `enabled`, and no failed capture.

@@ -91,6 +91,7 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   /// dtype would round their step numbers (bf16 holds integers exactly only up to 256).
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
+  /// Unchanged: declared so that overriding the other two overloads does not hide it.
   void to(torch::Device device, bool non_blocking = false) override;
   /// As `Module::load` (what `torch::load` calls), then re-reads the rank state from the loaded buffers.
   void load(torch::serialize::InputArchive& archive) override;
