@@ -32,71 +32,36 @@ What differs, by necessity:
     so its importance scores see the clipped gradients (glue.cpp scores before clipping).
 
 Writes under --root_output_dir: args.json, log.jsonl, metrics.json and rank_pattern.json (module -> rank).
+
+--cls_dropout sets the dropout before the classifier (BERT's classifier_dropout), as glue.cpp's flag does.
+--resume_file makes a run resumable across processes without changing its result: on SIGTERM it finishes the
+step, writes a checkpoint there (trainable tensors, AdamW state, AdaLoRA's importance EMAs and rank pattern, every
+random stream, the data order, the evaluations so far) and exits with status 75; started again with the same
+arguments it continues from that step (log.jsonl is cut back to the checkpoint's length); the file is deleted
+once metrics.json is written. --checkpoint_seconds also writes it periodically, for a hard kill.
 """
 import argparse
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from glue_data import TASKS, canonical_task, read_tsv, task_metrics  # noqa: F401 (beside this file)
+
 # The six linear layers per encoder layer that glue.cpp adapts (its --lora_module default), as one regular
 # expression that PEFT full-matches against module names. The pooler's dense is not adapted: it trains in full.
 TARGET_MODULES = (r".*\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
                   r"|intermediate\.dense|output\.dense)")
 ADAPTED_PER_LAYER = 6
-
-# As examples/bert/glue.cpp's task_spec: columns of the GLUE TSV files (label < 0 counts from the end).
-TASKS = {
-    "cola": dict(labels=["0", "1"], header=False, a=3, b=None, label=1, main="matthews_correlation"),
-    "sst2": dict(labels=["0", "1"], header=True, a=0, b=None, label=1, main="accuracy"),
-    "mrpc": dict(labels=["0", "1"], header=True, a=3, b=4, label=0, main="f1"),
-    "qnli": dict(labels=["entailment", "not_entailment"], header=True, a=1, b=2, label=-1, main="accuracy"),
-    "rte": dict(labels=["entailment", "not_entailment"], header=True, a=1, b=2, label=-1, main="accuracy"),
-}
-
-
-def canonical_task(name):
-    return name.lower().replace("-", "")
-
+SUSPENDED = 75  # exit status after saving a resume checkpoint on SIGTERM (run.py reruns the job later)
 
 # ---- data ----------------------------------------------------------------------------------------------------
-
-def read_tsv(path, spec):
-    """(text_a, text_b, label id) rows, as glue.cpp's read_tsv: quoting off, a BOM and \\r stripped, rows too
-    short for the task's columns skipped, an unknown label an error."""
-    out = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            line = raw.decode("utf-8")
-            if line_no == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            line = line.rstrip("\n")
-            if line.endswith("\r"):
-                line = line[:-1]
-            if line_no == 1 and spec["header"]:
-                continue
-            if not line:
-                continue
-            fields = line.split("\t")
-            n = len(fields)
-            label_col = n + spec["label"] if spec["label"] < 0 else spec["label"]
-            needed = max(spec["a"], spec["b"] if spec["b"] is not None else -1, spec["label"]) + 1
-            if n < needed or label_col < 0:
-                continue
-            label = fields[label_col]
-            if label not in spec["labels"]:
-                raise ValueError(f"{path}:{line_no}: unknown label {label!r}")
-            out.append((fields[spec["a"]], fields[spec["b"]] if spec["b"] is not None else None,
-                        spec["labels"].index(label)))
-    if not out:
-        raise ValueError(f"{path} holds no examples")
-    return out
-
 
 def load_tokenizer(model_dir):
     from transformers import BertTokenizer
@@ -132,53 +97,20 @@ def collate(data, idx, pad_id, device):
     return ids.to(device), mask.to(device), types.to(device), labels.to(device)
 
 
-# ---- metrics (as Hugging Face's glue metric / sklearn) --------------------------------------------------------
-
-def accuracy(p, y):
-    return sum(a == b for a, b in zip(p, y)) / len(y)
-
-
-def f1_binary(p, y):
-    tp = sum(a == 1 and b == 1 for a, b in zip(p, y))
-    fp = sum(a == 1 and b != 1 for a, b in zip(p, y))
-    fn = sum(a != 1 and b == 1 for a, b in zip(p, y))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)  # sklearn's value when nothing is positive: 0
-
-
-def matthews_corrcoef(p, y):
-    # sklearn's multiclass form (the usual formula for two classes); 0 when a marginal is constant.
-    s, c = len(y), sum(a == b for a, b in zip(p, y))
-    classes = set(p) | set(y)
-    t_k = {k: sum(v == k for v in y) for k in classes}
-    p_k = {k: sum(v == k for v in p) for k in classes}
-    pt = sum(p_k[k] * t_k[k] for k in classes)
-    pp = sum(v * v for v in p_k.values())
-    tt = sum(v * v for v in t_k.values())
-    denom = math.sqrt((s * s - pp) * (s * s - tt))
-    return 0.0 if denom == 0 else (c * s - pt) / denom
-
-
-def task_metrics(task, p, y):
-    if task == "cola":
-        return {"matthews_correlation": matthews_corrcoef(p, y)}
-    m = {"accuracy": accuracy(p, y)}
-    if task in ("mrpc", "qqp"):
-        m["f1"] = f1_binary(p, y)
-        m["combined_score"] = (m["accuracy"] + m["f1"]) / 2
-    return m
-
-
 # ---- model ---------------------------------------------------------------------------------------------------
 
 def build_model(args, num_labels, num_layers):
     import peft
     from transformers import BertForSequenceClassification
+    extra = {}
+    if args.cls_dropout >= 0:  # the dropout before the classifier (BERT's classifier_dropout); else the config's
+        extra["classifier_dropout"] = args.cls_dropout
     try:
         model = BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=num_labels,
-                                                              dtype=torch.float32)
+                                                              dtype=torch.float32, **extra)
     except TypeError:  # transformers < 4.56 names it torch_dtype
         model = BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=num_labels,
-                                                              torch_dtype=torch.float32)
+                                                              torch_dtype=torch.float32, **extra)
     model = model.float()  # an fp16 checkpoint trains in fp32, as glue.cpp copies it into fp32 parameters
     common = dict(task_type="SEQ_CLS", target_modules=TARGET_MODULES, lora_alpha=args.lora_alpha,
                   lora_dropout=args.lora_dropout, modules_to_save=["classifier", "pooler"])
@@ -207,6 +139,64 @@ def rank_pattern(model):
     return ranks
 
 
+# ---- resume --------------------------------------------------------------------------------------------------
+
+def resume_key(args):
+    """The arguments that define the run: a checkpoint is only used by the same run."""
+    skip = {"resume_file", "checkpoint_seconds", "stop_after_step", "threads"}
+    return json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in skip})
+
+
+def save_resume(args, device, model, optimizer, rng, loop):
+    state = dict(loop, key=resume_key(args),
+                 trainable={n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                 optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(), py_rng=rng.getstate())
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if args.method == "adalora":
+        alloc = model.base_model.rankallocator
+        state["adalora"] = dict(exp_avg_ipt={k: v.cpu() for k, v in alloc.exp_avg_ipt.items()},
+                                exp_avg_unc={k: v.cpu() for k, v in alloc.exp_avg_unc.items()},
+                                rank_pattern=model.base_model.peft_config[model.base_model.trainable_adapter_name].rank_pattern)
+    os.makedirs(os.path.dirname(os.path.abspath(args.resume_file)), exist_ok=True)
+    tmp = args.resume_file + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, args.resume_file)
+
+
+def load_resume(args, device):
+    """The checkpoint in --resume_file if it was written by this very run, else None (a stale one is ignored)."""
+    if not args.resume_file or not os.path.isfile(args.resume_file):
+        return None
+    try:
+        state = torch.load(args.resume_file, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except Exception as e:  # a torn file: start over
+        print(f"peft_glue: ignoring unreadable checkpoint {args.resume_file}: {e}", flush=True)
+        return None
+    if state.get("key") != resume_key(args):
+        print(f"peft_glue: ignoring {args.resume_file}: written by other arguments", flush=True)
+        return None
+    return state
+
+
+def restore_training_state(state, model, optimizer, rng, device):
+    with torch.no_grad():
+        named = dict(model.named_parameters())
+        for n, t in state["trainable"].items():
+            named[n].copy_(t)
+    optimizer.load_state_dict(state["optimizer"])
+    if "adalora" in state:
+        alloc, ada = model.base_model.rankallocator, state["adalora"]
+        alloc.exp_avg_ipt = {k: v.to(device) for k, v in ada["exp_avg_ipt"].items()}
+        alloc.exp_avg_unc = {k: v.to(device) for k, v in ada["exp_avg_unc"].items()}
+        alloc.ipt = {k: torch.zeros_like(v) for k, v in alloc.exp_avg_ipt.items()}  # recomputed before use
+        model.base_model.peft_config[model.base_model.trainable_adapter_name].rank_pattern = ada["rank_pattern"]
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    rng.setstate(state["py_rng"])
+
+
 # ---- training ------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -219,6 +209,8 @@ def parse_args(argv=None):
     ap.add_argument("--target_rank", type=int, default=2, help="LoRA r; AdaLoRA target_r (average final rank)")
     ap.add_argument("--lora_alpha", type=float, default=16)
     ap.add_argument("--lora_dropout", type=float, default=0.1)
+    ap.add_argument("--cls_dropout", type=float, default=-1,
+                    help="dropout before the classifier (glue.cpp's --cls_dropout); < 0: the config's (0.1)")
     ap.add_argument("--max_seq_length", type=int, default=128)
     ap.add_argument("--per_device_train_batch_size", type=int, default=32)
     ap.add_argument("--per_device_eval_batch_size", type=int, default=64)
@@ -233,6 +225,11 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0: 1 on CUDA, torch's default on CPU")
+    ap.add_argument("--resume_file", default="",
+                    help="training checkpoint: loaded at start when present and made by the same arguments; "
+                         "written on SIGTERM (then exit 75) and every --checkpoint_seconds; deleted at the end")
+    ap.add_argument("--checkpoint_seconds", type=float, default=0, help="also checkpoint this often (0: only on SIGTERM)")
+    ap.add_argument("--stop_after_step", type=int, default=0, help=argparse.SUPPRESS)  # tests: suspend there
     # AdaLoRA
     ap.add_argument("--init_r", type=int, default=0, help="AdaLoRA initial rank; 0: round(1.5 x target_rank)")
     ap.add_argument("--tinit", type=int, default=-1, help="AdaLoRA warmup steps; -1: 10%% of max_steps")
@@ -307,7 +304,15 @@ def main(argv=None):
     with open(os.path.join(out_dir, "args.json"), "w") as f:
         json.dump({**vars(args), "total_steps": total_steps, "device": str(device), "torch": torch.__version__},
                   f, indent=2)
-    log = open(os.path.join(out_dir, "log.jsonl"), "w")
+    # A checkpoint left by an interrupted run of the same job (same arguments) continues it exactly: trainable
+    # tensors, AdamW state, AdaLoRA's importance EMAs and rank pattern, every random stream, the data order.
+    state = load_resume(args, device)
+    log_path = os.path.join(out_dir, "log.jsonl")
+    if state is not None:
+        with open(log_path, "ab"):
+            pass
+        os.truncate(log_path, state["log_bytes"])  # drop what was logged after the checkpoint
+    log = open(log_path, "a" if state is not None else "w")
 
     def write_log(entry):
         log.write(json.dumps(entry) + "\n")
@@ -319,6 +324,8 @@ def main(argv=None):
           flush=True)
 
     evaluations, best = [], None
+    if state is not None:
+        evaluations, best = state["evaluations"], state["best"]
 
     def run_eval(step):
         t0 = time.time()
@@ -344,8 +351,25 @@ def main(argv=None):
     start = time.time()
     order, cursor = list(range(len(train))), len(train)
     loss_sum, reg_sum, count = 0.0, 0.0, 0
+    first_step, prior_seconds, segments = 0, 0.0, 1
+    if state is not None:
+        restore_training_state(state, model, optimizer, rng, device)
+        order, cursor = state["order"], state["cursor"]
+        loss_sum, reg_sum, count = (v.to(device) if torch.is_tensor(v) else v
+                                    for v in (state["loss_sum"], state["reg_sum"], state["count"]))
+        first_step, prior_seconds, segments = state["step"], state["train_seconds"], state["segments"] + 1
+        print(f"peft_glue: resumed from {args.resume_file} at step {first_step} (segment {segments})", flush=True)
+        del state
+
+    def elapsed():
+        return prior_seconds + time.time() - start
+
+    stop = {"signal": False}
+    if args.resume_file:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    last_checkpoint = time.time()
     main_key = "eval_" + spec["main"]
-    for step in range(total_steps):
+    for step in range(first_step, total_steps):
         if cursor >= len(order):  # a new epoch; its last batch may be short, as in glue.cpp
             rng.shuffle(order)
             cursor = 0
@@ -376,7 +400,7 @@ def main(argv=None):
         done = step + 1
         if done % args.logging_steps == 0 or done == total_steps:
             entry = {"event": "train", "step": done, "epoch": done / steps_per_epoch,
-                     "loss": float(loss_sum) / count, "learning_rate": lr, "elapsed_seconds": time.time() - start}
+                     "loss": float(loss_sum) / count, "learning_rate": lr, "elapsed_seconds": elapsed()}
             if args.method == "adalora":
                 entry["orth_regu"] = float(reg_sum) / count
             write_log(entry)
@@ -387,20 +411,35 @@ def main(argv=None):
             e = run_eval(done)
             if best is None or e.get(main_key, -math.inf) > best.get(main_key, -math.inf):
                 best = e
+        if args.resume_file and done < total_steps and (
+                stop["signal"] or done == args.stop_after_step or
+                (args.checkpoint_seconds > 0 and time.time() - last_checkpoint > args.checkpoint_seconds)):
+            log.flush()
+            save_resume(args, device, model, optimizer, rng, dict(
+                step=done, order=order, cursor=cursor, loss_sum=loss_sum, reg_sum=reg_sum, count=count,
+                evaluations=evaluations, best=best, train_seconds=elapsed(), segments=segments,
+                log_bytes=os.path.getsize(log_path)))
+            last_checkpoint = time.time()
+            if stop["signal"] or done == args.stop_after_step:
+                log.close()
+                print(f"peft_glue: suspended at step {done}; checkpoint {args.resume_file}", flush=True)
+                return SUSPENDED
 
     ranks = rank_pattern(model)
     with open(os.path.join(out_dir, "rank_pattern.json"), "w") as f:
         json.dump(ranks, f, indent=2)
     metrics = {"task": args.task_name, "main_metric": main_key, "final": evaluations[-1], "best": best,
-               "evaluations": evaluations, "train_seconds": time.time() - start, "total_steps": total_steps,
+               "evaluations": evaluations, "train_seconds": elapsed(), "total_steps": total_steps,
                "total_rank": sum(ranks.values()), "budget": budget, "trainable_parameters": trainable,
-               "method": args.method}
+               "method": args.method, "segments": segments}
     # Written last and atomically: its presence is what marks the job done for run.py.
     tmp = os.path.join(out_dir, "metrics.json.tmp")
     with open(tmp, "w") as f:
         json.dump(metrics, f, indent=2)
     os.replace(tmp, os.path.join(out_dir, "metrics.json"))
     log.close()
+    if args.resume_file and os.path.exists(args.resume_file):
+        os.remove(args.resume_file)
     print(f"peft_glue: done in {metrics['train_seconds']:.1f} s; final {main_key} "
           f"{evaluations[-1][main_key]:.4f}; total rank {metrics['total_rank']} (budget {budget})", flush=True)
     return 0

@@ -10,6 +10,10 @@ selection metric) and MRPC accuracy (at the lr F1 selected), all x 100.
 Writes <prefix>.md (the tables, also printed), <prefix>.svg (metric per task, methods side by side, both
 budgets, +-1 std error bars; written by hand, no plotting library) and <prefix>.json (every cell, every lr).
 Standard library only.
+
+A paper-protocol folder (run.py --protocol paper, the default; OUT/protocol.json says so) is reported by
+report_paper.py instead: picked lr, final and best-over-evaluations metric over the final seeds, Welch's t-test
+of increlora against each peer, the majority-class baseline, the ablations and the device time.
 """
 import argparse
 import json
@@ -225,13 +229,27 @@ def svg(cells):
     return "\n".join(out) + "\n"
 
 
+def is_paper(root):
+    """A paper-protocol folder: run.py wrote protocol.json or job.json files saying so."""
+    try:
+        with open(os.path.join(root, "protocol.json")) as f:
+            return json.load(f).get("protocol") == "paper"
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="run.py's --out folder")
     ap.add_argument("--prefix", help="output path without extension (default: ROOT/report)")
     ap.add_argument("--require-all", action="store_true",
                     help="fail when a metrics.json is unreadable or none is found (the smoke test)")
+    ap.add_argument("--data-dir", help="GLUE folder for the majority baseline (default: the run's, or "
+                                       "../shared/data/glue)")
     a = ap.parse_args(argv)
+    if is_paper(a.root):
+        import report_paper
+        return report_paper.main(a)
     runs, bad = load_runs(a.root)
     for b in bad:
         print(f"report.py: skipped {b}", file=sys.stderr)
