@@ -191,8 +191,8 @@ struct Args {
   std::string lora_module = "query,key,value,intermediate,layer.output,attention.output";
   double lora_alpha = 16;
   double lora_dropout = 0.0;
-  bool advance_learn = false;
-  bool multi_lr = false;
+  bool advance_learn = true;  // on by default, as in the original's run_glue.py
+  bool multi_lr = true;
   double cls_dropout = -1;
   int64_t max_seq_length = 128;
   int64_t per_device_train_batch_size = 32;
@@ -214,6 +214,8 @@ struct Args {
   double max_grad_norm = 1.0;
   std::string device = "auto";
   bool exact_scoring = false;
+  bool random_allocation = false;
+  bool apply_lora = true;
   bool cuda_graphs = false;
 };
 
@@ -246,8 +248,10 @@ Args parse_args(int argc, char** argv, json& args_json) {
         "names, dotted suffixes or re:<regex>");
   f.add("lora_alpha", &a.lora_alpha, "adapter scale numerator (scale = lora_alpha / rank)");
   f.add("lora_dropout", &a.lora_dropout, "dropout on the adapter branch's input");
-  f.add("advance_learn", &a.advance_learn, "train reserve triplets ahead of their activation");
-  f.add("multi_lr", &a.multi_lr, "restart the learning-rate warmup for newly activated triplets");
+  f.add("advance_learn", &a.advance_learn, "train reserve triplets ahead of their activation (the original's default)");
+  f.add("multi_lr", &a.multi_lr, "give newly activated triplets their own warmup and decay, as the original's "
+        "Multi_LambdaLR (the original's default)");
+  f.add("apply_lora", &a.apply_lora, "adapt the encoder; False trains the pooler and classifier alone (a control)");
   f.add("cls_dropout", &a.cls_dropout, "dropout before the classifier; < 0 uses the config's");
   f.add("max_seq_length", &a.max_seq_length, "tokens per input after truncation");
   f.add("per_device_train_batch_size", &a.per_device_train_batch_size, "training batch size");
@@ -266,6 +270,8 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.add("lora_capacity", &a.lora_capacity, "triplets each adapted layer can hold; 0 sizes it from the target");
   f.add("device", &a.device, "cpu, cuda, cuda:N, or auto (cuda when available)");
   f.add("exact_scoring", &a.exact_scoring, "score importance at every step, as the original does (slower)");
+  f.add("random_allocation", &a.random_allocation, "ablation: grow top_h layers chosen at random (seeded by --seed) "
+        "instead of the most important ones");
   f.add("cuda_graphs", &a.cuda_graphs, "on CUDA, replay forward + backward from CUDA graphs (increlora::GraphedStep; "
         "training batches are then padded to max_seq_length so that one shape is captured)");
   f.ignore("model_name_or_path", true, "use --model_dir (a local Hugging Face checkpoint directory)");
@@ -275,7 +281,7 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.ignore("save_steps", true, "no checkpoints are saved");
   f.ignore("tb_writter_loginterval", true, "see log.jsonl");
   f.ignore("report_to", true, "see log.jsonl");
-  for (const char* b : {"apply_increlora", "apply_lora", "do_train", "do_eval", "overwrite_output_dir"}) {
+  for (const char* b : {"apply_increlora", "do_train", "do_eval", "overwrite_output_dir"}) {
     f.ignore(b, false, "always on");
   }
   f.parse(argc, argv);
@@ -462,19 +468,45 @@ int run(int argc, char** argv) {
   increlora::bert::LoraSettings lora;
   lora.patterns = increlora::bert::lora_patterns_from_short_names(split_commas(a.lora_module));
   if (lora.patterns.empty()) throw std::invalid_argument("--lora_module: name at least one layer to adapt");
-  lora.r = a.lora_r;
+  lora.r = a.apply_lora ? a.lora_r : 0;  // --apply_lora False: no adapter tensors at all
   lora.lora_alpha = a.lora_alpha;
   lora.lora_dropout = a.lora_dropout;
-  if (a.lora_capacity > 0) {
-    lora.capacity = a.lora_capacity;
-  } else {
-    // Room for a layer chosen far more often than the average, plus its reserve; the banks are small.
-    const int64_t reserve = a.incre_rank_num > 0 ? a.incre_rank_num : std::max<int64_t>(1, a.target_rank / 2);
-    lora.capacity = std::max<int64_t>(16, 4 * std::max(a.target_rank, a.lora_r) + reserve);
+  lora.capacity = a.lora_capacity;
+  const auto cls_dropout = a.cls_dropout >= 0 ? std::optional<double>(a.cls_dropout) : std::nullopt;
+  const auto build_model = [&] {
+    torch::manual_seed(static_cast<uint64_t>(a.seed));  // the same initialization however often it is built
+    return increlora::bert::SequenceClassifier(config, spec.num_labels(), lora, cls_dropout);
+  };
+  auto model = build_model();
+  // throws naming the candidates when a pattern matches nothing
+  const auto adapted = static_cast<int64_t>(increlora::select_modules(*model, lora.patterns).size());
+
+  const int64_t steps_per_epoch =
+      (static_cast<int64_t>(train.inputs.size()) + a.per_device_train_batch_size - 1) / a.per_device_train_batch_size;
+  const int64_t total_steps = a.max_steps > 0
+                                  ? a.max_steps
+                                  : static_cast<int64_t>(std::ceil(a.num_train_epochs * static_cast<double>(steps_per_epoch)));
+  // total_step is --max_steps, or num_train_epochs × steps per epoch: say so when the schedule does not fit.
+  const auto allocator_options = increlora::RankAllocatorOptions()
+                                     .lora_r(a.lora_r)
+                                     .target_rank(a.target_rank)
+                                     .target_total_rank(a.target_total_rank)
+                                     .init_warmup(a.init_warmup)
+                                     .incre_interval(a.incre_interval)
+                                     .top_h(a.top_h)
+                                     .incre_rank_num(a.incre_rank_num)
+                                     .beta1(a.beta1)
+                                     .beta2(a.beta2)
+                                     .total_step(total_steps)
+                                     .advance_learn(a.advance_learn)
+                                     .exact_scoring(a.exact_scoring)
+                                     .random_allocation(a.random_allocation)
+                                     .random_seed(static_cast<uint64_t>(a.seed));
+  if (a.apply_lora && a.lora_capacity <= 0) {
+    // The library's sizing for this plan over the layers the patterns select.
+    lora.capacity = increlora::recommended_capacity(allocator_options, adapted);
+    model = build_model();
   }
-  increlora::bert::SequenceClassifier model(config, spec.num_labels(), lora,
-                                            a.cls_dropout >= 0 ? std::optional<double>(a.cls_dropout) : std::nullopt);
-  increlora::select_modules(*model, lora.patterns);  // throws naming the candidates when a pattern matches nothing
   const auto load = increlora::bert::load_pretrained(*model, a.model_dir);
   increlora::mark_only_lora_as_trainable(*model);
   for (auto& p : model->named_parameters()) {
@@ -484,12 +516,6 @@ int run(int argc, char** argv) {
   }
   model->to(device);
   model->train();
-
-  const int64_t steps_per_epoch =
-      (static_cast<int64_t>(train.inputs.size()) + a.per_device_train_batch_size - 1) / a.per_device_train_batch_size;
-  const int64_t total_steps = a.max_steps > 0
-                                  ? a.max_steps
-                                  : static_cast<int64_t>(std::ceil(a.num_train_epochs * static_cast<double>(steps_per_epoch)));
 
   // Optimizer: AdamW, no decay on biases and LayerNorm weights (as the Hugging Face Trainer).
   std::vector<torch::Tensor> decay, no_decay;
@@ -513,32 +539,30 @@ int run(int argc, char** argv) {
                                                static_cast<double>(std::max<int64_t>(1, total_steps - a.warmup_steps)));
   };
 
-  // total_step is --max_steps, or num_train_epochs × steps per epoch: say so when the schedule does not fit.
-  const auto allocator_options = increlora::RankAllocatorOptions()
-                                                 .lora_r(a.lora_r)
-                                                 .target_rank(a.target_rank)
-                                                 .target_total_rank(a.target_total_rank)
-                                                 .init_warmup(a.init_warmup)
-                                                 .incre_interval(a.incre_interval)
-                                                 .top_h(a.top_h)
-                                                 .incre_rank_num(a.incre_rank_num)
-                                                 .beta1(a.beta1)
-                                                 .beta2(a.beta2)
-                                                 .total_step(total_steps)
-                                                 .advance_learn(a.advance_learn)
-                                                 .exact_scoring(a.exact_scoring);
-  std::unique_ptr<increlora::RankAllocator> allocator_ptr;
-  try {
-    allocator_ptr = std::make_unique<increlora::RankAllocator>(*model, allocator_options);
-  } catch (const c10::Error& e) {
-    throw std::invalid_argument(fmt::format("{}\n(here total_step = {} comes from {}; the allocation flags are "
-                                            "--init_warmup, --incre_interval, --top_h, --incre_rank_num)",
-                                            e.what_without_backtrace(), total_steps,
-                                            a.max_steps > 0 ? "--max_steps" : "--num_train_epochs"));
+  // No allocator (nor restart warmup) without adapters: --apply_lora False trains the head alone.
+  std::unique_ptr<increlora::RankAllocator> allocator;
+  if (a.apply_lora) {
+    try {
+      allocator = std::make_unique<increlora::RankAllocator>(*model, allocator_options);
+    } catch (const c10::Error& e) {
+      throw std::invalid_argument(fmt::format("{}\n(here total_step = {} comes from {}; the allocation flags are "
+                                              "--init_warmup, --incre_interval, --top_h, --incre_rank_num)",
+                                              e.what_without_backtrace(), total_steps,
+                                              a.max_steps > 0 ? "--max_steps" : "--num_train_epochs"));
+    }
   }
-  auto& allocator = *allocator_ptr;
+  const double orth_coef = allocator ? a.reg_orth_coef : 0.0;  // the regularizer needs adapters
+  const auto total_rank = [&] { return allocator ? allocator->total_rank() : int64_t{0}; };
+  const auto budget = [&] { return allocator ? allocator->budget() : int64_t{0}; };
   std::optional<increlora::RestartWarmup> restart;
-  if (a.multi_lr) restart.emplace(*model, std::max<int64_t>(1, a.warmup_steps));
+  if (a.multi_lr && allocator) {
+    // The original's per-group schedule, relative to lr_at's linear warmup and decay (the same W and T).
+    if (total_steps <= a.warmup_steps) {
+      throw std::invalid_argument(fmt::format("--multi_lr needs more steps ({}) than --warmup_steps ({}); lower "
+                                              "--warmup_steps or pass --multi_lr False", total_steps, a.warmup_steps));
+    }
+    restart.emplace(*model, increlora::RestartWarmupOptions(a.warmup_steps, total_steps));
+  }
 
   fs::create_directories(a.root_output_dir);
   const fs::path out_dir(a.root_output_dir);
@@ -549,11 +573,16 @@ int run(int argc, char** argv) {
 
   fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch) on {}\n", spec.name,
              train.inputs.size(), evals.front().second.inputs.size(), total_steps, steps_per_epoch, device.str());
-  fmt::print("glue: {} adapted layers, budget {} total rank in {} rounds of top_h {} x {} (first at step {}); "
-             "{} of {} parameters trainable\n",
-             allocator.modules().size(), allocator.budget(), allocator.planned_rounds(), a.top_h,
-             allocator.incre_rank_num(), allocator.planned_rounds() > 0 ? allocator.allocation_step(1) : -1, trainable,
-             total_params);
+  if (allocator) {
+    fmt::print("glue: {} adapted layers, budget {} total rank in {} rounds of top_h {} x {} (first at step {}){}{}; "
+               "{} of {} parameters trainable\n",
+               allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.top_h,
+               allocator->incre_rank_num(), allocator->planned_rounds() > 0 ? allocator->allocation_step(1) : -1,
+               a.advance_learn ? ", advance learning" : "", restart ? ", restart warmup" : "", trainable, total_params);
+  } else {
+    fmt::print("glue: no adapters (--apply_lora False); {} of {} parameters trainable (the head)\n", trainable,
+               total_params);
+  }
   if (!load.initialized.empty()) {
     size_t heads = 0;
     for (const auto& n : load.initialized) heads += n.find("lora_") == std::string::npos;
@@ -582,7 +611,7 @@ int run(int argc, char** argv) {
     }
     for (const auto& [k, v] : all) entry["eval_" + k] = std::isnan(v) ? json(nullptr) : json(v);
     entry["eval_seconds"] = seconds_since(t0);
-    entry["total_rank"] = allocator.total_rank();
+    entry["total_rank"] = total_rank();
     log.write(entry);
     evals_json.push_back(entry);
     const double main = all.count(main_key) ? all.at(main_key) : all.begin()->second;
@@ -601,7 +630,7 @@ int run(int argc, char** argv) {
         const auto loss = spec.is_regression()
                               ? torch::nn::functional::mse_loss(logits.select(1, 0).to(torch::kFloat), in[4])
                               : torch::nn::functional::cross_entropy(logits.to(torch::kFloat), in[3]);
-        auto reg = a.reg_orth_coef > 0 ? increlora::compute_orth_regu(*model, a.reg_orth_coef)
+        auto reg = orth_coef > 0 ? increlora::compute_orth_regu(*model, orth_coef)
                                        : torch::zeros({}, loss.options());
         (loss + reg).backward();
         return torch::stack({loss.detach(), reg.detach().to(loss.scalar_type())});
@@ -630,9 +659,10 @@ int run(int argc, char** argv) {
     // [task loss, orthogonality penalty] of this step; the gradients are zeroed by forward_backward.
     const auto losses = forward_backward({b.input_ids, b.attention_mask, b.token_type_ids, b.labels, b.scores});
     const auto loss = losses[0];
-    const auto reg = a.reg_orth_coef > 0 ? losses[1] : torch::Tensor();
+    const auto reg = orth_coef > 0 ? losses[1] : torch::Tensor();
 
-    const auto events = allocator.update_and_increase(*model, step, optimizer);
+    const auto events = allocator ? allocator->update_and_increase(*model, step, optimizer)
+                                  : std::vector<increlora::AllocationEvent>{};
     if (a.max_grad_norm > 0) {
       std::vector<torch::Tensor> params = decay;
       params.insert(params.end(), no_decay.begin(), no_decay.end());
@@ -659,7 +689,7 @@ int run(int argc, char** argv) {
       }
       if (tty) std::fputs("\r\033[K", stderr);
       fmt::print("alloc step {:>6}: round {} grew {} layers, total rank {} / {}{}\n", step, events.front().round,
-                 grown, allocator.total_rank(), allocator.budget(), allocator.budget_met() ? " (budget met)" : "");
+                 grown, total_rank(), budget(), allocator->budget_met() ? " (budget met)" : "");
       std::fflush(stdout);
     }
 
@@ -668,13 +698,13 @@ int run(int argc, char** argv) {
     if (done % a.logging_steps == 0 || done == total_steps) {
       const double mean_loss = loss_sum.item<double>() / loss_count;
       json entry = {{"event", "train"}, {"step", done}, {"epoch", static_cast<double>(done) / steps_per_epoch},
-                    {"loss", mean_loss}, {"learning_rate", lr}, {"total_rank", allocator.total_rank()},
+                    {"loss", mean_loss}, {"learning_rate", lr}, {"total_rank", total_rank()},
                     {"elapsed_seconds", elapsed}};
-      if (a.reg_orth_coef > 0) entry["orth_regu"] = reg_sum.item<double>() / loss_count;
+      if (orth_coef > 0) entry["orth_regu"] = reg_sum.item<double>() / loss_count;
       log.write(entry);
       if (!tty) {
         fmt::print("train step {:>6}/{}: loss {:.4f}, lr {:.3g}, total rank {}, {:.1f} s\n", done, total_steps,
-                   mean_loss, lr, allocator.total_rank(), elapsed);
+                   mean_loss, lr, total_rank(), elapsed);
         std::fflush(stdout);
       }
       loss_sum = reg_sum = torch::Tensor();
@@ -683,7 +713,7 @@ int run(int argc, char** argv) {
     if (tty) {
       const double rate = done / std::max(elapsed, 1e-9);
       fmt::print(stderr, "\r\033[K[{:>6}/{}] epoch {} loss {:.4f} lr {:.3g} rank {}/{} | {:.2f} it/s, eta {:.0f} s",
-                 done, total_steps, epoch, loss.item<double>(), lr, allocator.total_rank(), allocator.budget(), rate,
+                 done, total_steps, epoch, loss.item<double>(), lr, total_rank(), budget(), rate,
                  (total_steps - done) / rate);
       std::fflush(stderr);
     }
@@ -692,13 +722,17 @@ int run(int argc, char** argv) {
   if (tty) std::fputs("\n", stderr);
 
   json ranks = json::object();
-  for (const auto& [name, r] : allocator.rank_pattern()) ranks[name] = r;
+  if (allocator) {
+    for (const auto& [name, r] : allocator->rank_pattern()) ranks[name] = r;
+  }
   write_json(out_dir / "rank_pattern.json", ranks);
-  // The adapter (safetensors + JSON, loadable with increlora::load_adapter) and the rank report: CSV and the
-  // SVG heatmap of layers × module types (rank_pattern.json is rewritten with the same content).
-  increlora::save_adapter(*model, (out_dir / "adapter").string());
-  increlora::write_rank_report(allocator.rank_pattern(), out_dir.string(),
-                               fmt::format("{}: ranks after IncreLoRA (budget {})", spec.name, allocator.budget()));
+  if (allocator) {
+    // The adapter (safetensors + JSON, loadable with increlora::load_adapter) and the rank report: CSV and the
+    // SVG heatmap of layers × module types (rank_pattern.json is rewritten with the same content).
+    increlora::save_adapter(*model, (out_dir / "adapter").string());
+    increlora::write_rank_report(allocator->rank_pattern(), out_dir.string(),
+                                 fmt::format("{}: ranks after IncreLoRA (budget {})", spec.name, allocator->budget()));
+  }
   json metrics = {{"task", spec.name},
                   {"main_metric", "eval_" + main_key},
                   {"final", evals_json.back()},
@@ -706,8 +740,8 @@ int run(int argc, char** argv) {
                   {"evaluations", evals_json},
                   {"train_seconds", seconds_since(start)},
                   {"total_steps", total_steps},
-                  {"total_rank", allocator.total_rank()},
-                  {"budget", allocator.budget()},
+                  {"total_rank", total_rank()},
+                  {"budget", budget()},
                   {"trainable_parameters", trainable}};
   write_json(out_dir / "metrics.json", metrics);
   fmt::print("glue: done in {:.1f} s; best eval_{} {:.4f} at step {}; wrote {}\n", seconds_since(start), main_key,

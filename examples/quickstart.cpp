@@ -68,7 +68,9 @@ int main(int argc, char** argv) {
   teacher->to(device);
   // This sets requires_grad to false for all parameters without the string "lora_" in their names.
   increlora::mark_only_lora_as_trainable(*model);
-  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(5e-3).weight_decay(0.0));
+  // FusedAdamW is torch::optim::AdamW with fused kernels; given to the allocator, it also gives triplets that start
+  // training fresh AdamW state, as the original's new parameter groups have.
+  increlora::FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(5e-3).weight_decay(0.0));
 
   // Initialize the RankAllocator: grow from rank 1 to an average of 4 per layer.
   increlora::RankAllocator allocator(
@@ -76,7 +78,10 @@ int main(int argc, char** argv) {
                   .lora_r(1).target_rank(4).init_warmup(total_step / 8).incre_interval(total_step / 16)
                   .top_h(2).beta1(0.85).beta2(0.85).total_step(total_step).advance_learn(true)
                   .log([](const std::string& line) { fmt::print("{}\n", line); }));
-  increlora::RestartWarmup warmup(*model, /*warmup_steps=*/total_step / 20 + 1);
+  // This loop keeps the learning rate constant, so new triplets warm up relative to it (kScaleCurrent); with the
+  // original's linear warmup and decay, leave the schedule at its default, RestartSchedule::kOriginal.
+  increlora::RestartWarmup warmup(*model, increlora::RestartWarmupOptions(/*warmup_steps=*/total_step / 20 + 1, total_step)
+                                              .schedule(increlora::RestartSchedule::kScaleCurrent));
 
   for (int64_t global_step = 0; global_step < total_step; ++global_step) {
     const auto x = torch::randn({64, 32}, torch::TensorOptions().device(device));

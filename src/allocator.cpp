@@ -1,6 +1,7 @@
 #include "increlora/allocator.hpp"
 
 #include "increlora/errors.hpp"
+#include "increlora/optim.hpp"
 
 #include <fmt/format.h>
 
@@ -8,6 +9,7 @@
 #include <limits>
 #include <cmath>
 #include <numeric>
+#include <random>
 #include <unordered_set>
 
 namespace increlora {
@@ -41,6 +43,24 @@ void check_options(const RankAllocatorOptions& o) {
 
 }  // namespace
 
+int64_t rank_budget(const RankAllocatorOptions& options, int64_t layers) {
+  return options.target_total_rank() > 0 ? options.target_total_rank() : options.target_rank() * layers;
+}
+
+int64_t resolved_incre_rank_num(const RankAllocatorOptions& options, int64_t layers) {
+  if (options.incre_rank_num() > 0) return options.incre_rank_num();
+  const int64_t average_target = std::max<int64_t>(1, rank_budget(options, layers) / std::max<int64_t>(1, layers));
+  return std::max<int64_t>(1, average_target / 2);
+}
+
+int64_t recommended_capacity(const RankAllocatorOptions& options, int64_t layers) {
+  INCRELORA_CHECK(layers >= 1, "recommended_capacity: layers must be >= 1 (got ", layers, ").");
+  const int64_t average_target =
+      std::max<int64_t>(options.lora_r(), (rank_budget(options, layers) + layers - 1) / layers);
+  const int64_t reserve = options.advance_learn() ? resolved_incre_rank_num(options, layers) : 0;
+  return std::max<int64_t>(16, 4 * average_target + reserve);
+}
+
 RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions options)
     : options_(std::move(options)), model_(&model) {
   check_options(options_);
@@ -56,13 +76,11 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
     initial_total_ += m->rank();
   }
   total_rank_ = initial_total_;
-  budget_ = options_.target_total_rank() > 0 ? options_.target_total_rank() : options_.target_rank() * layers;
+  budget_ = rank_budget(options_, layers);
   INCRELORA_CHECK(budget_ >= initial_total_, "RankAllocator: the target total rank (", budget_,
                   ") is below the initial total rank (", layers, " layers × lora_r ", options_.lora_r(), " = ",
                   initial_total_, "); raise target_rank/target_total_rank or lower lora_r.");
-  const int64_t average_target = std::max<int64_t>(1, budget_ / layers);
-  incre_rank_num_ = options_.incre_rank_num() > 0 ? options_.incre_rank_num()
-                                                  : std::max<int64_t>(1, average_target / 2);
+  incre_rank_num_ = resolved_incre_rank_num(options_, layers);
 
   int64_t total_capacity = 0;
   const int64_t reserve = options_.advance_learn() ? incre_rank_num_ : 0;
@@ -118,7 +136,7 @@ bool RankAllocator::is_allocation_step(int64_t global_step) const {
 }
 
 bool RankAllocator::is_scoring_step(int64_t global_step) const {
-  if (budget_met_) return false;
+  if (budget_met_ || options_.random_allocation()) return false;
   if (options_.exact_scoring()) return true;
   const int64_t interval = options_.incre_interval();
   const int64_t next_allocation =
@@ -167,6 +185,14 @@ void RankAllocator::check_optimizer(const torch::optim::Optimizer& optimizer) {
 std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Module& model, int64_t global_step,
                                                                 const torch::optim::Optimizer& optimizer) {
   check_optimizer(optimizer);
+  return update_and_increase(model, global_step);
+}
+
+std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Module& model, int64_t global_step,
+                                                                torch::optim::Optimizer& optimizer) {
+  check_optimizer(optimizer);
+  // Before growing: slots that start at this step are then seen starting by the optimizer's next step().
+  if (auto* fused = dynamic_cast<FusedAdamW*>(&optimizer)) fused->track_adapter_slots(model, global_step);
   return update_and_increase(model, global_step);
 }
 
@@ -224,14 +250,9 @@ void RankAllocator::update_emas(torch::Tensor score, int64_t global_step) {
 std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step) {
   const auto score = scores();  // the one host synchronisation, at allocations only
   const auto* s = score.data_ptr<float>();
-  std::vector<int64_t> order(modules_.size());
-  std::iota(order.begin(), order.end(), 0);
-  // Highest score first; equal scores keep registration order, so the decision is deterministic. A NaN (which
-  // the EMAs should never hold) would break the ordering's strictness: it sorts last.
-  const auto key = [s](int64_t i) { return std::isnan(s[i]) ? -std::numeric_limits<float>::infinity() : s[i]; };
-  std::stable_sort(order.begin(), order.end(), [&key](int64_t a, int64_t b) { return key(a) > key(b); });
-
   ++round_;
+  const auto order = allocation_order(s);
+
   std::vector<AllocationEvent> events;
   int64_t remaining = budget_ - total_rank_;
   int64_t chosen = 0;
@@ -268,6 +289,24 @@ std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step) {
                     budget_met_ ? " (budget met)" : "", grown));
   }
   return events;
+}
+
+std::vector<int64_t> RankAllocator::allocation_order(const float* s) const {
+  std::vector<int64_t> order(modules_.size());
+  std::iota(order.begin(), order.end(), 0);
+  if (options_.random_allocation()) {
+    // A draw of its own per round: the same seed and round always give the same order, a resumed run too.
+    std::seed_seq seq{static_cast<uint32_t>(options_.random_seed()), static_cast<uint32_t>(options_.random_seed() >> 32),
+                      static_cast<uint32_t>(round_)};
+    std::mt19937_64 rng(seq);
+    std::shuffle(order.begin(), order.end(), rng);
+    return order;
+  }
+  // Highest score first; equal scores keep registration order, so the decision is deterministic. A NaN (which
+  // the EMAs should never hold) would break the ordering's strictness: it sorts last.
+  const auto key = [s](int64_t i) { return std::isnan(s[i]) ? -std::numeric_limits<float>::infinity() : s[i]; };
+  std::stable_sort(order.begin(), order.end(), [&key](int64_t a, int64_t b) { return key(a) > key(b); });
+  return order;
 }
 
 std::map<std::string, int64_t> RankAllocator::rank_pattern() const {

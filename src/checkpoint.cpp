@@ -2,6 +2,7 @@
 
 #include "increlora/errors.hpp"
 #include "increlora/modules.hpp"
+#include "increlora/optim.hpp"
 #include "increlora/safetensors.hpp"
 #include "increlora/serialize.hpp"
 #include "io.hpp"
@@ -365,6 +366,9 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
     for (auto& [target, value] : extra_copies) target.copy_(value);
   }
   allocator.load_state(alloc_state);
+  // A FusedAdamW's per-slot counts belong to the state being replaced: the allocator's next
+  // update_and_increase tracks the slots again and derives them from the restored start steps.
+  if (auto* fused = dynamic_cast<FusedAdamW*>(&optimizer)) fused->untrack_adapter_slots();
   for (size_t g = 0; g < groups.size(); ++g) {
     auto& group = optimizer.param_groups()[g];
     set_options(kind, group.options(), jopt.at("param_groups")[g].at("options"));

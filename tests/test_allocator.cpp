@@ -325,3 +325,48 @@ TEST_CASE("A non-finite score does not poison the EMAs", "[allocator][score]") {
   for (int64_t step = 0; step < 5; ++step) allocator.update_and_increase(*net, step);
   CHECK(torch::isfinite(allocator.scores()).all().item<bool>());
 }
+
+TEST_CASE("Random allocation grows layers drawn by its seed on the same schedule, scoring nothing",
+          "[allocator][ablation]") {
+  auto choices = [](uint64_t seed) {
+    TinyNet net(4, 8, SVDLinearOptions(1, 1).r(1));
+    RankAllocator allocator(*net, RankAllocatorOptions().lora_r(1).target_rank(2).incre_interval(2).top_h(2)
+                                      .incre_rank_num(1).total_step(20).random_allocation(true).random_seed(seed));
+    std::vector<std::string> grown;
+    for (int64_t step = 0; step < 20; ++step) {
+      for (const auto& e : allocator.update_and_increase(*net, step)) {
+        CHECK(e.new_rank == e.old_rank + 1);
+        grown.push_back(e.module);
+      }
+      for (const auto& [name, layer] : allocator.modules()) CHECK_FALSE(layer->score_sink().defined());
+    }
+    CHECK(allocator.budget_met());
+    CHECK(allocator.total_rank() == 16);
+    return grown;
+  };
+  const auto a = choices(1);
+  CHECK(a.size() == 8);  // 4 rounds of 2
+  CHECK(choices(1) == a);
+  // Every score is 0 here, so the score's order would always start fc0, fc1: the draws differ from it.
+  int differs = 0;
+  for (uint64_t seed = 0; seed < 6; ++seed) {
+    const auto c = choices(seed);
+    differs += !(c[0] == "fc0" && c[1] == "fc1");
+  }
+  CHECK(differs >= 4);
+}
+
+TEST_CASE("The library sizes bank capacity for a plan", "[allocator][options]") {
+  const auto o = RankAllocatorOptions().lora_r(1).target_rank(2);
+  CHECK(increlora::rank_budget(o, 36) == 72);
+  CHECK(increlora::resolved_incre_rank_num(o, 36) == 1);
+  CHECK(increlora::recommended_capacity(o, 36) == 16);  // 4 × 2 + 1 reserve, at least 16
+  CHECK(increlora::recommended_capacity(RankAllocatorOptions(o).target_rank(8), 36) == 4 * 8 + 4);
+  // target_total_rank counts too: 360 over 36 layers is an average of 10, reserve 5.
+  CHECK(increlora::recommended_capacity(RankAllocatorOptions(o).target_total_rank(360), 36) == 45);
+  CHECK(increlora::recommended_capacity(RankAllocatorOptions(o).target_rank(8).advance_learn(false), 36) == 32);
+  // The sizing fits the allocator's own checks.
+  TinyNet net(4, 6, SVDLinearOptions(1, 1).r(1).capacity(increlora::recommended_capacity(
+                                                  RankAllocatorOptions(o).target_rank(8), 6)));
+  CHECK_NOTHROW(RankAllocator(*net, RankAllocatorOptions(o).target_rank(8)));
+}

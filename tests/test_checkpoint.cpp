@@ -50,10 +50,13 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& kind,
     groups[1].set_options(std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(0.05).momentum(0.8)));
     return std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(0.1).momentum(0.9).nesterov(true));
   }
-  if (kind == "AdamW") {
+  if (kind == "AdamW" || kind == "FusedAdamW") {
     std::vector<torch::optim::OptimizerParamGroup> groups{{adapter}, {head}};
     groups[1].set_options(std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(5e-3)));
-    return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(2e-2).weight_decay(0.01));
+    const auto options = torch::optim::AdamWOptions(2e-2).weight_decay(0.01);
+    // FusedAdamW tracks the adapter's slots (per-slot AdamW state), which must resume exactly too.
+    if (kind == "FusedAdamW") return std::make_unique<increlora::FusedAdamW>(groups, options);
+    return std::make_unique<torch::optim::AdamW>(groups, options);
   }
   std::vector<torch::optim::OptimizerParamGroup> groups{{adapter}, {head}};
   groups[1].set_options(std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(5e-3)));
@@ -76,7 +79,7 @@ struct Run {
     for (auto& p : net->head->parameters()) p.set_requires_grad(true);
     optimizer = make_optimizer(kind, net);
     allocator = std::make_unique<increlora::RankAllocator>(*net, allocator_options());
-    warmup = std::make_unique<increlora::RestartWarmup>(*net, 4);
+    warmup = std::make_unique<increlora::RestartWarmup>(*net, increlora::RestartWarmupOptions(4, 40));
   }
   // Steps [first, last]; returns the losses.
   std::vector<float> train(int64_t first, int64_t last, const torch::Tensor& x, const torch::Tensor& y) {
@@ -104,7 +107,7 @@ struct Run {
 
 TEST_CASE("Resuming from a checkpoint in the middle of the allocation phase continues bit for bit",
           "[checkpoint]") {
-  const std::string kind = GENERATE("Adam", "Adam+amsgrad", "AdamW", "SGD");
+  const std::string kind = GENERATE("Adam", "Adam+amsgrad", "AdamW", "FusedAdamW", "SGD");
   CAPTURE(kind);
   TempDir dir;
   torch::manual_seed(3);

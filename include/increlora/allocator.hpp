@@ -52,13 +52,20 @@ struct RankAllocatorOptions {
   /// before it.
   TORCH_ARG(int64_t, total_step) = 0;
   /// Advance learning: each layer keeps `incre_rank_num` reserve triplets whose P and Q train while λ is
-  /// held, so that a chosen layer's new triplets start from what they learned.
-  TORCH_ARG(bool, advance_learn) = false;
+  /// held, so that a chosen layer's new triplets start from what they learned. On by default, as the
+  /// original's `run_glue.py` has it.
+  TORCH_ARG(bool, advance_learn) = true;
   /// Steps scored before each allocation. 0 derives it from the betas so that the EMA weight left out is
   /// below 1 % (29 steps for β = 0.85).
   TORCH_ARG(int64_t, score_window) = 0;
   /// Score every step from the first until the budget is met, as the original does (slower, for checks).
   TORCH_ARG(bool, exact_scoring) = false;
+  /// Ablation: at each allocation choose the top_h layers uniformly at random (same schedule, same budget,
+  /// nothing scored), to measure what the importance score contributes. The draw of round k depends only on
+  /// `random_seed` and k, so a resumed run draws the same.
+  TORCH_ARG(bool, random_allocation) = false;
+  /// Seed of `random_allocation`'s draws.
+  TORCH_ARG(uint64_t, random_seed) = 0;
   /// Called with the per-layer score vector (float32, one entry per adapted layer, on the model's device)
   /// before the EMA update. Under several processes, all-reduce it here (see distributed.hpp) so that every
   /// process makes the same allocation.
@@ -66,6 +73,16 @@ struct RankAllocatorOptions {
   /// Receives one line per allocation round; silent when empty.
   TORCH_ARG(LogSink, log) = nullptr;
 };
+
+/// The rank budget of a plan over `layers` adapted layers: target_total_rank, or target_rank × layers.
+int64_t rank_budget(const RankAllocatorOptions& options, int64_t layers);
+/// The triplets a chosen layer gains per allocation: incre_rank_num, or when it is 0 max(1, average target
+/// rank / 2) (the rule behind the original's table {2: 1, 4: 2, 6: 3, 8: 4}).
+int64_t resolved_incre_rank_num(const RankAllocatorOptions& options, int64_t layers);
+/// A bank capacity for each of `layers` adapted layers that fits `options`' plan: room for a layer chosen far
+/// more often than the average (4 × the average target rank, at least 16 slots: the banks are small), plus the
+/// advance-learning reserve. Build the layers with `SVDLinearOptions::capacity(recommended_capacity(...))`.
+int64_t recommended_capacity(const RankAllocatorOptions& options, int64_t layers);
 
 /// What happened to one layer at one allocation, returned as data (format it as you like).
 struct AllocationEvent {
@@ -110,7 +127,12 @@ class RankAllocator {
 
   /// Reads the scores of step `global_step` (when it was scored), updates the EMAs, allocates when the step is
   /// an allocation step, and prepares the scoring of step `global_step + 1`. `optimizer` must hold the
-  /// adapter banks (checked on first use). Returns this step's allocation events (empty on most steps).
+  /// adapter banks (checked on first use); a `FusedAdamW` is also told to keep per-slot optimizer state for
+  /// them (`FusedAdamW::track_adapter_slots`), so that triplets that start training get fresh AdamW state as in
+  /// the original. Returns this step's allocation events (empty on most steps).
+  std::vector<AllocationEvent> update_and_increase(torch::nn::Module& model, int64_t global_step,
+                                                   torch::optim::Optimizer& optimizer);
+  /// The same with an optimizer that is only checked (a `FusedAdamW` passed as const is not told to track).
   std::vector<AllocationEvent> update_and_increase(torch::nn::Module& model, int64_t global_step,
                                                    const torch::optim::Optimizer& optimizer);
   /// The same without the optimizer check.
@@ -148,6 +170,7 @@ class RankAllocator {
   void arm(int64_t global_step);
   void disarm();
   void check_optimizer(const torch::optim::Optimizer& optimizer);
+  std::vector<int64_t> allocation_order(const float* scores) const;
   void log(const std::string& line) const;
   void update_emas(torch::Tensor score, int64_t global_step);
 
