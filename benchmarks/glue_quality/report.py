@@ -40,7 +40,8 @@ def mean_std(xs):
 def load_runs(root):
     """Every metrics.json under root/<method>/<task>/r<budget>/lr<lr>/seed<seed>/; and the unreadable ones."""
     runs, bad = [], []
-    for dirpath, _, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "checkpoint"))]  # --resume-dir, glue checkpoints
         if "metrics.json" not in files:
             continue
         parts = os.path.relpath(dirpath, root).split(os.sep)

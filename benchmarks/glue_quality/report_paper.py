@@ -141,7 +141,8 @@ def collect(root, proto, data_dir):
 def device_time(root):
     train = wall = lost = 0.0
     runs = 0
-    for dirpath, _, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "checkpoint"))]  # --resume-dir, glue checkpoints
         if "metrics.json" in files:
             m = P.read_metrics(dirpath)
             if m:
@@ -232,8 +233,8 @@ def markdown(cells, ablations, base, budgets, tasks, dt, proto):
         L.append(f"| {c['task']} | {c['folder_budget']} | {c['method']} | " + "; ".join(parts) + " |")
     L += ["", "## Device time", "",
           f"{dt['runs']} finished runs; training {dt['train_seconds'] / 3600:.2f} h summed over runs; job wall time "
-          f"{dt['job_wall_seconds'] / 3600:.2f} h summed (of which {dt['lost_seconds'] / 3600:.2f} h in glue runs "
-          f"stopped midway); run.py invocations {dt['invocations']}, {dt['invocation_wall_seconds'] / 3600:.2f} h "
+          f"{dt['job_wall_seconds'] / 3600:.2f} h summed (of which {dt['lost_seconds'] / 3600:.2f} h lost: trained "
+          f"after a job's last checkpoint when it was killed); run.py invocations {dt['invocations']}, {dt['invocation_wall_seconds'] / 3600:.2f} h "
           "of wall time (jobs run concurrently, so this is the device time).", ""]
     return "\n".join(L) + "\n"
 

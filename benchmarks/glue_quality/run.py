@@ -27,9 +27,14 @@ workflow, the choices and where the per-task settings come from).
     ablations  IncreLoRA at its pick, seeds 1..3: no-advance-learn, no-multi-lr, exact-scoring, fixed-rank
                (lora_r = target_rank = b), random-alloc (same schedule, layers chosen at random).
   Order: budget 2 before 8; MRPC, then CoLA, then SST-2 within a budget; select, final, ablations within a task.
-  PEFT jobs are resumable (peft_glue.py --resume_file): stopped at --kill-after they write a checkpoint under
-  --resume-dir and continue from it next time; glue jobs cannot be resumed, so one is only started when, by the
-  speed of its kind measured earlier (OUT/timing.json), it ends before --kill-after.
+  Every job is resumable. PEFT jobs (peft_glue.py --resume_file): stopped at --kill-after they write a checkpoint
+  under --resume-dir and continue from it next time. glue jobs get --save_steps (--glue-save-steps, 250): glue
+  writes a complete checkpoint to <job dir>/checkpoint every that many steps; at --kill-after they are killed, and
+  once a glue process has ended run.py moves its checkpoint to <resume-dir>/<job>/checkpoint (with key.json, the
+  flags it belongs to), so that the results folder never holds one; the next invocation passes
+  --resume_from_checkpoint <resume-dir>/<job>/checkpoint (only when key.json matches the job's flags). A glue job
+  only starts when, by the speed of its kind measured earlier (OUT/timing.json), it reaches its first checkpoint
+  (or its end) before --kill-after; what it trained since its last checkpoint is lost when it is killed.
 
 --protocol short: the issue-5 grid kept reproducible (benchmarks/results/glue-quality-2026-11-29): methods
   increlora, lora, adalora | tasks sst2, cola, mrpc | budgets 2, 8 | seeds 42, 43, 44 | lr 5e-4, 1e-3; fixed step
@@ -39,7 +44,8 @@ workflow, the choices and where the per-task settings come from).
 
 Every job writes OUT/<method>/<task>/r<budget>/lr<lr>/seed<seed>/ (metrics.json in glue.cpp's shape, log.jsonl,
 args.json, rank_pattern.json, command.txt, job.json, run.json with the wall time, stdout.log trimmed to its end);
-adapters and glue's rank heatmap are deleted so that OUT stays small enough to commit.
+adapters, glue's rank heatmap and glue's checkpoints are deleted (or moved to --resume-dir) so that OUT stays small
+enough to commit.
 
 --smoke: CPU, CoLA, budget 2, 8 steps of batch 8, 32 dev examples: the paper protocol in miniature (one lr, select
 seed 1, final seed 2, every method, one ablation), then report.py; prints "glue_quality smoke: ok" (CTest
@@ -103,10 +109,19 @@ class Job:
         self.phase, self.base, self.variant = phase, base or method, variant
         self.dir = P.job_dir(a.out, method, task, budget, lr, seed)
         self.rel = os.path.relpath(self.dir, a.out)
-        self.resumable = a.protocol == "paper" and self.base in ("lora", "adalora")
+        self.peft = self.base in ("lora", "adalora")
+        paper = a.protocol == "paper"
+        self.resumable = paper and self.peft  # peft_glue.py --resume_file (checkpoints at SIGTERM)
         self.resume_file = os.path.join(a.resume_dir, self.rel, "state.pt") if self.resumable else ""
+        # glue --save_steps / --resume_from_checkpoint: glue writes <job dir>/checkpoint, run.py keeps the last one
+        # of an ended process in <resume-dir>/<job>/checkpoint (the results folder never holds one between jobs).
+        self.save_steps = a.glue_save_steps if paper and not self.peft else 0
+        self.resume_root = os.path.join(a.resume_dir, self.rel)
+        self.glue_ckpt = os.path.join(self.resume_root, "checkpoint") if self.save_steps else ""
         self.proc = None
         self.started = 0.0
+        self.resumed = False
+        self.log_offset = 0
 
     def name(self):
         return self.rel.replace(os.sep, "/")
@@ -119,7 +134,140 @@ class Job:
         return P.read_metrics(self.dir) is not None
 
     def in_progress(self):
+        if self.glue_ckpt:
+            return settle_checkpoint(self) is not None
         return bool(self.resume_file) and os.path.isfile(self.resume_file)
+
+
+# ---- glue checkpoints -----------------------------------------------------------------------------------------
+
+# Flags that do not change a glue run's result: a checkpoint stays valid when only these differ (paths differ
+# between machines; the save interval only says when checkpoints are written).
+KEY_SKIP = {"data_dir", "model_dir", "root_output_dir", "save_steps", "resume_from_checkpoint"}
+
+
+def run_key(argv):
+    """The flags that define a run, from its argv (the program's path left out)."""
+    key, i = {}, 1
+    while i < len(argv):
+        if argv[i].startswith("--"):
+            name = argv[i][2:]
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+            if name not in KEY_SKIP:
+                key[name] = value
+            i += 2 if value else 1
+        else:
+            i += 1
+    return key
+
+
+def rmtree(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def settle_checkpoint(job):
+    """<resume-dir>/<job>/checkpoint when there is one (finishing a move that was cut short), else None."""
+    dst = job.glue_ckpt
+    if not dst:
+        return None
+    if not os.path.isdir(dst):
+        for spare in (dst + ".new", dst + ".old"):  # both complete: .new is the newer
+            if os.path.isdir(spare):
+                os.rename(spare, dst)
+                break
+    for spare in (dst + ".new", dst + ".old"):
+        rmtree(spare)
+    return dst if os.path.isdir(dst) else None
+
+
+def adopt_checkpoint(job):
+    """Once the job's glue process has ended: move its last complete checkpoint, <job dir>/checkpoint, to
+    <resume-dir>/<job>/checkpoint with key.json (the flags of command.txt, the attempt that wrote it), replacing
+    the one it resumed from, and delete glue's partial ones (checkpoint*) from the job dir. True if one moved."""
+    src = os.path.join(job.dir, "checkpoint")
+    moved = False
+    if job.glue_ckpt and os.path.isdir(src):
+        try:
+            with open(os.path.join(job.dir, "command.txt")) as f:
+                argv = f.readline().split()
+        except OSError:
+            argv = []
+        os.makedirs(job.resume_root, exist_ok=True)
+        dst = job.glue_ckpt
+        settle_checkpoint(job)
+        write_json(os.path.join(job.resume_root, "key.json"), run_key(argv))
+        shutil.move(src, dst + ".new")
+        if os.path.isdir(dst):
+            os.rename(dst, dst + ".old")
+        os.rename(dst + ".new", dst)
+        rmtree(dst + ".old")
+        moved = True
+    try:
+        names = os.listdir(job.dir)
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith("checkpoint"):
+            rmtree(os.path.join(job.dir, name))
+    return moved
+
+
+def drop_checkpoint(job):
+    """Forget a glue job's checkpoints (the job is complete, or its checkpoint is unusable)."""
+    if job.glue_ckpt:
+        rmtree(job.resume_root)
+    for name in (os.listdir(job.dir) if os.path.isdir(job.dir) else []):
+        if name.startswith("checkpoint"):
+            rmtree(os.path.join(job.dir, name))
+
+
+def resume_flags(job, argv, dry_run=False):
+    """["--resume_from_checkpoint", DIR] when the job has a checkpoint written by the same flags, else [] (one
+    written by other flags is deleted, and the job starts over)."""
+    ck = settle_checkpoint(job) if not dry_run else (job.glue_ckpt if os.path.isdir(job.glue_ckpt) else None)
+    if not ck:
+        return []
+    if load_json(os.path.join(job.resume_root, "key.json"), None) != run_key(argv):
+        print(f"run.py: {job.name()}: its checkpoint was written with other flags; "
+              f"{'it would start over' if dry_run else 'starting over'}", flush=True)
+        if not dry_run:
+            drop_checkpoint(job)
+        return []
+    return ["--resume_from_checkpoint", ck]
+
+
+def rewind_log(path):
+    """After a resumed glue run: drop the lines that the killed attempt wrote past the checkpoint it resumed
+    from (the resumed process writes them again). A line whose step is below the steps kept so far starts a
+    resumed attempt: the kept lines from that step on go. No-op for a log that never went back."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError:
+        return
+    kept, top, rewound = [], None, False
+    for line in lines:
+        try:
+            step = json.loads(line).get("step")
+        except ValueError:
+            step = None
+        if not isinstance(step, int):
+            step = None
+        elif top is not None and step < top:
+            kept = [(s, l) for s, l in kept if s is None or s < step]
+            rewound = True
+            top = step
+        else:
+            top = step if top is None else max(top, step)
+        kept.append((step, line))
+    if rewound:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(l for _, l in kept)
+        os.replace(tmp, path)
 
 
 # ---- commands ---------------------------------------------------------------------------------------------------
@@ -176,14 +324,16 @@ def paper_command(job, a, info):
     adapter = dict(target_rank=b, lora_alpha=P.task_setting(job.task, "lora_alpha", b),
                    lora_dropout=P.task_setting(job.task, "lora_dropout", b))
     glue = [a.glue_bin]
-    graphs = {"cuda_graphs": "True"} if a.glue_cuda_graphs else {}
+    extra = {"cuda_graphs": "True"} if a.glue_cuda_graphs else {}
+    if job.save_steps:
+        extra["save_steps"] = job.save_steps  # glue's checkpoint interval (the resume flag: resume_flags)
     if job.base == "head":
-        return to_argv(glue, dict(common, apply_lora="False", **graphs))
+        return to_argv(glue, dict(common, apply_lora="False", **extra))
     if job.base == "increlora":
         sched = P.increlora_paper_schedule(steps, b, info["layers"])
         flags = dict(common, **adapter, lora_r=1, reg_orth_coef=0.1, beta1=0.85, beta2=0.85,
                      init_warmup=sched["init_warmup"], incre_interval=sched["incre_interval"], top_h=sched["top_h"],
-                     incre_rank_num=sched["incre_rank_num"], advance_learn="True", multi_lr="True", **graphs)
+                     incre_rank_num=sched["incre_rank_num"], advance_learn="True", multi_lr="True", **extra)
         if job.variant:
             flags.update(P.ABLATIONS[job.variant](b))
         return to_argv(glue, flags)
@@ -279,20 +429,26 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads per job; 0: 1 on CUDA, cores / jobs on CPU")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "glue_quality"))
-    ap.add_argument("--resume-dir", help="PEFT jobs' resume checkpoints (default OUT/.resume; not results)")
+    ap.add_argument("--resume-dir", help="resume checkpoints of stopped jobs, PEFT (state.pt) and glue (checkpoint/) "
+                                         "(default OUT/.resume; not results)")
     ap.add_argument("--checkpoint-seconds", type=float, default=120,
                     help="PEFT jobs also checkpoint this often, against a hard kill (0: only when stopped)")
     ap.add_argument("--glue-bin", default=os.path.join(ROOT, "build", "examples", "glue"))
     ap.add_argument("--glue-cuda-graphs", action="store_true",
-                    help="paper protocol: glue --cuda_graphs True (batches padded to 128 tokens)")
+                    help="paper protocol: glue --cuda_graphs True (off by default: every batch is then padded to "
+                         "128 tokens, which only pays when a few jobs share the GPU)")
+    ap.add_argument("--glue-save-steps", type=int, default=250,
+                    help="paper protocol: glue --save_steps, the checkpoint interval of glue jobs (0: none; such a "
+                         "job then only starts when it can end before --kill-after)")
     ap.add_argument("--model-dir", default=os.path.join(CACHE, "models", "all-MiniLM-L6-v2"))
     ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "glue"),
                     help="folder holding SST-2/, CoLA/, MRPC/ (train.tsv, dev.tsv)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for peft_glue.py")
     ap.add_argument("--time-limit", type=float, default=0, help="seconds after which no new job starts (0: none)")
     ap.add_argument("--kill-after", type=float, default=0,
-                    help="seconds after which running jobs are stopped (PEFT jobs checkpoint, glue jobs rerun next "
-                         "time) and run.py ends; also keeps glue jobs from starting that would not end by then")
+                    help="seconds after which running jobs are stopped (PEFT jobs checkpoint, glue jobs are killed "
+                         "and resume from their last --save_steps checkpoint) and run.py ends; also keeps glue jobs "
+                         "from starting that would not reach a checkpoint by then")
     ap.add_argument("--grace", type=float, default=25, help="seconds a stopped job gets to write its checkpoint")
     ap.add_argument("--clock-start", type=float, default=0,
                     help="Unix time the two limits count from (default: run.py's start); pass the device "
@@ -316,6 +472,7 @@ def parse_args(argv=None):
         a.select_seeds, a.final_seeds, a.ablation_seeds, a.ablations = "1", "2", "1", "no-multi-lr"
         a.max_extensions = 0
         a.steps_override, a.batch_size, a.max_eval_samples = 8, 8, 32
+        a.glue_save_steps = 4  # glue writes checkpoints (run.py deletes them when the job is complete)
         a.jobs = max(a.jobs, min(3, os.cpu_count() or 1))
     paper = a.protocol == "paper"
     a.methods = parse_list(a.methods or ",".join(P.PAPER_METHODS if paper else P.SHORT_METHODS))
@@ -344,6 +501,8 @@ def parse_args(argv=None):
     if paper and set(a.final_seeds) & set(a.select_seeds):
         ap.error("--final-seeds must be fresh: they overlap --select-seeds")
     a.budgets.sort()  # budget 2 before 8
+    if a.glue_save_steps < 0:
+        ap.error("--glue-save-steps must be >= 0")
     if a.threads <= 0:
         a.threads = 1 if a.device.startswith("cuda") else max(1, (os.cpu_count() or 1) // max(1, a.jobs))
     a.model_dir, a.data_dir, a.out = map(os.path.abspath, (a.model_dir, a.data_dir, a.out))
@@ -402,34 +561,50 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
-def add_wall(job, seconds, outcome):
+def add_wall(job, seconds, outcome, lost=0.0):
+    """run.json: wall seconds over attempts; lost: those of a killed glue job after its last checkpoint."""
     path = os.path.join(job.dir, "run.json")
     r = load_json(path, {"wall_seconds": 0.0, "attempts": 0, "lost_seconds": 0.0})
     r["wall_seconds"] += seconds
     r["attempts"] += 1
-    if outcome == "killed":  # a glue job stopped midway: its time is lost
-        r["lost_seconds"] += seconds
+    r["lost_seconds"] = r.get("lost_seconds", 0.0) + lost
+    if job.resumed:
+        r["resumed"] = r.get("resumed", 0) + 1
     r["last"] = outcome
     write_json(path, r)
+    return r
 
 
 def observed_rate(job):
-    """(seconds per step, steps) from the last training line of the job's log.jsonl, or None."""
-    last = None
+    """(seconds per step, steps) from the training lines this attempt added to the job's log.jsonl (those past
+    job.log_offset), or None. Differences within the attempt when it has two lines or more (right whether or not
+    a resumed process counts its elapsed time from its own start), else elapsed / step of a fresh attempt."""
+    lines = []
     try:
-        with open(os.path.join(job.dir, "log.jsonl")) as f:
-            for line in f:
+        with open(os.path.join(job.dir, "log.jsonl"), "rb") as f:
+            f.seek(job.log_offset)
+            for line in f.read().decode(errors="replace").splitlines():
                 if '"train"' in line:
-                    last = line
-        e = json.loads(last) if last else None
-    except (OSError, ValueError):
+                    try:
+                        e = json.loads(line)
+                    except ValueError:
+                        continue
+                    if e.get("step") and "elapsed_seconds" in e:
+                        lines.append(e)
+    except OSError:
         return None
-    if not e or not e.get("step"):
-        return None
-    return e["elapsed_seconds"] / e["step"], e["step"]
+    if len(lines) >= 2 and lines[-1]["step"] > lines[0]["step"]:
+        return ((lines[-1]["elapsed_seconds"] - lines[0]["elapsed_seconds"]) / (lines[-1]["step"] - lines[0]["step"]),
+                lines[-1]["step"] - lines[0]["step"])
+    if lines and not job.log_offset:
+        return lines[-1]["elapsed_seconds"] / lines[-1]["step"], lines[-1]["step"]
+    return None
 
 
 def trim_job_dir(job, keep_adapters):
+    drop_checkpoint(job)  # complete: its checkpoints, here and in --resume-dir, are of no more use
+    if job.save_steps:
+        rewind_log(os.path.join(job.dir, "log.jsonl"))
     if not keep_adapters:
         shutil.rmtree(os.path.join(job.dir, "adapter"), ignore_errors=True)
     for f in ("rank_heatmap.svg", "rank_pattern.csv"):  # glue's rank report; rank_pattern.json stays
@@ -472,7 +647,9 @@ def main(argv=None):
             print("cell " + line)
         pending = [j for j in jobs if not j.done()]
         for j in pending:
-            print(f"[{j.phase}] {j.name()}: " + " ".join(job_command(j, a, info)))
+            cmd = job_command(j, a, info)
+            cmd += resume_flags(j, cmd, dry_run=True) if j.glue_ckpt else []
+            print(f"[{j.phase}] {j.name()}: " + " ".join(cmd))
         print(f"run.py --dry-run: {len(jobs)} jobs known now, {len(jobs) - len(pending)} done, {len(pending)} to run")
         return 0
 
@@ -482,9 +659,13 @@ def main(argv=None):
                                     final_seeds=a.final_seeds, ablation_seeds=a.ablation_seeds,
                                     max_extensions=a.max_extensions, epochs=P.EPOCHS, tasks=P.PAPER_TASK,
                                     steps_override=a.steps_override, data_dir=os.path.relpath(a.data_dir, ROOT)))
-    for j in jobs:  # checkpoints of jobs that have finished since
-        if j.resume_file and j.done() and os.path.exists(j.resume_file):
-            os.remove(j.resume_file)
+    for j in jobs:
+        if j.done():  # checkpoints of jobs that have finished since
+            if j.resume_file and os.path.exists(j.resume_file):
+                os.remove(j.resume_file)
+            drop_checkpoint(j)
+        elif j.glue_ckpt and os.path.isdir(j.dir):
+            adopt_checkpoint(j)  # left in the job folder when an invocation was cut short
     timing_path = os.path.join(a.out, "timing.json")
     timing = load_json(timing_path, {})
     n_done = sum(j.done() for j in jobs)
@@ -506,35 +687,57 @@ def main(argv=None):
             return a.steps_override or STEPS[job.task]
         return paper_steps(a, info, job.task)[0]
 
-    def estimate(job, n_running):
-        """Seconds the job would take if started now, from the speed of its kind seen before (None: unknown)."""
+    def first_save(job):
+        """Steps a glue job trains before its first checkpoint of an attempt (at most; its end when sooner or when
+        it writes none)."""
+        steps = steps_of(job)
+        return min(job.save_steps, steps) if job.save_steps else steps
+
+    def estimate(job, n_running, steps):
+        """Seconds the job would take for `steps` steps if started now, from the speed of its kind seen before
+        (None: unknown)."""
         t = timing.get(job.kind())
         if not t:
             return None
         scale = (1 + SHARING * n_running) / (1 + SHARING * max(0, t["jobs"] - 1))
-        return t["startup"] + steps_of(job) * t["sec_per_step"] * scale
+        return t["startup"] + steps * t["sec_per_step"] * scale
 
     def fits(job, n_running):
-        """Whether a job may start now: before --time-limit; a glue job only when it is expected to end before
-        --kill-after (it cannot resume), a PEFT job when at least a minute of training is left."""
+        """Whether a job may start now: before --time-limit and with more than a minute left before --kill-after;
+        a glue job also only when it is expected to reach its first checkpoint (or its end) by then, since what it
+        trains before is lost when it is killed."""
         if a.time_limit and elapsed() > a.time_limit:
             return False
         if not a.kill_after:
             return True
         left = a.kill_after - elapsed()
+        if left <= 60:
+            return False
         if job.resumable:
-            return left > 60
-        est = estimate(job, n_running)
+            return True
+        est = estimate(job, n_running, first_save(job))
         return est is None or 1.1 * est < left
 
     def note_speed(job, took, n_jobs):
         rate = observed_rate(job)
         if rate:
             m = P.read_metrics(job.dir)
-            train_s = m.get("train_seconds", took) if m else rate[0] * rate[1]
-            timing[job.kind()] = dict(sec_per_step=rate[0], startup=max(0.0, took - train_s) if m else 10.0,
-                                      jobs=n_jobs)
+            prev = timing.get(job.kind(), {})
+            if m and not job.resumed and m.get("train_seconds") is not None:
+                startup = max(0.0, took - m["train_seconds"])
+            else:
+                startup = prev.get("startup", 10.0)
+            timing[job.kind()] = dict(sec_per_step=rate[0], startup=startup, jobs=n_jobs)
             write_json(timing_path, timing)
+
+    def last_save(job):
+        """Unix time of the job's last checkpoint of this attempt, or None."""
+        path = os.path.join(job.dir, "checkpoint") if job.glue_ckpt else job.resume_file
+        try:
+            t = os.path.getmtime(path) if path else 0.0
+        except OSError:
+            return None
+        return t if t > job.started else None
 
     cache = {}
     running, failed, killed, suspended = [], set(), [], []
@@ -559,10 +762,12 @@ def main(argv=None):
             if not fits(job, len(running)):
                 if not job.resumable and a.kill_after and job.kind() not in warned and \
                         (not a.time_limit or elapsed() <= a.time_limit):
-                    est = estimate(job, 0)
+                    est = estimate(job, 0, first_save(job))
                     if est and 1.1 * est > a.kill_after:
-                        print(f"run.py: warning: {job.kind()} takes about {est:.0f} s even alone, more than "
-                              f"--kill-after allows; it cannot finish in one command", flush=True)
+                        what = "to reach its first checkpoint" if job.save_steps else "to finish"
+                        print(f"run.py: warning: {job.kind()} takes about {est:.0f} s {what} even alone, more than "
+                              f"--kill-after allows" + ("; lower --glue-save-steps" if job.save_steps else ""),
+                              flush=True)
                     warned.add(job.kind())
                 continue
             pending.remove(job)
@@ -573,19 +778,33 @@ def main(argv=None):
             write_json(os.path.join(job.dir, "job.json"),
                        dict(protocol=a.protocol, phase=job.phase, method=job.base, variant=job.variant,
                             task=job.task, budget=job.budget, lr=job.lr, seed=job.seed, steps=steps_of(job)))
-            resumed = job.in_progress()
-            with open(os.path.join(job.dir, "stdout.log"), "a" if resumed else "w") as log:
+            if job.glue_ckpt:
+                more = resume_flags(job, cmd)
+                job.resumed = bool(more)
+                cmd = cmd + more
+            else:
+                job.resumed = job.in_progress()
+            log_path = os.path.join(job.dir, "log.jsonl")
+            job.log_offset = os.path.getsize(log_path) if job.resumed and os.path.isfile(log_path) else 0
+            with open(os.path.join(job.dir, "stdout.log"), "a" if job.resumed else "w") as log:
+                if job.resumed and job.glue_ckpt:
+                    log.write(f"[run.py: {' '.join(cmd[-2:])}]\n")
+                    log.flush()
                 job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
             job.started, job.share = time.time(), len(running) + 1
             running.append(job)
             started = True
-            if resumed:
+            if job.resumed:
                 print(f"[{elapsed():6.0f} s] resuming {job.name()}", flush=True)
         if not running and not started:
             break
+        for j in running:  # the most jobs each one has shared the machine with (scales its measured speed)
+            j.share = max(j.share, len(running))
         if a.kill_after and elapsed() > a.kill_after:
             # End before the device command's limit, so that the command can still pack the results: PEFT jobs
-            # write their checkpoint and exit 75; glue jobs are lost and run again next time.
+            # write their checkpoint and exit 75; glue jobs die (SIGTERM) and resume next time from their last
+            # --save_steps checkpoint, which run.py moves to --resume-dir; what they trained after it is lost.
+            stop = time.time()
             for job in running:
                 job.proc.terminate()
             deadline = time.time() + a.grace
@@ -603,9 +822,15 @@ def main(argv=None):
                           flush=True)
                 else:
                     killed.append(job)
+                    saved = last_save(job)
+                    lost = stop - saved if saved else min(took, stop - job.started)
                     note_speed(job, took, job.share)
-                    add_wall(job, took, "killed")
-                    print(f"[{elapsed():6.0f} s] killed {job.name()} at --kill-after", flush=True)
+                    moved = adopt_checkpoint(job) if job.glue_ckpt else False
+                    add_wall(job, took, "killed", lost=lost)
+                    have = moved or job.in_progress()
+                    print(f"[{elapsed():6.0f} s] killed {job.name()} at --kill-after; {lost:.0f} s of training "
+                          f"lost, " + ("resumes from its last checkpoint next time" if have else
+                                       "no checkpoint: starts over next time"), flush=True)
             running = []
             break
         time.sleep(0.2)
@@ -625,11 +850,20 @@ def main(argv=None):
                       f"{'nan' if v is None else f'{v:.4f}'}", flush=True)
             else:
                 failed.add(job.dir)
-                add_wall(job, took, "failed")
+                if job.glue_ckpt:
+                    adopt_checkpoint(job)  # its progress stays resumable
+                r = add_wall(job, took, "failed")
                 with open(os.path.join(job.dir, "stdout.log"), errors="replace") as f:
                     tail = f.read()[-1500:]
                 print(f"[{elapsed():6.0f} s] FAILED {job.name()} (exit {job.proc.returncode}) after "
                       f"{took:.0f} s; {job.dir}/stdout.log ends:\n{tail}", flush=True)
+                if job.glue_ckpt and job.resumed:
+                    r["resume_failures"] = r.get("resume_failures", 0) + 1
+                    if r["resume_failures"] >= 2:  # twice failed from its checkpoint: the next attempt starts over
+                        drop_checkpoint(job)
+                        r["resume_failures"] = 0
+                        print(f"run.py: {job.name()} failed twice resuming; its checkpoint is deleted", flush=True)
+                    write_json(os.path.join(job.dir, "run.json"), r)
         if changed:
             cache.clear()
             pending = replan()
@@ -640,8 +874,8 @@ def main(argv=None):
         f.write(json.dumps(dict(start=wall0, wall_seconds=time.time() - wall0, finished=finished,
                                 failed=len(failed), killed=len(killed), suspended=len(suspended),
                                 left=len(left), jobs=a.jobs, device=a.device)) + "\n")
-    print(f"run.py: {finished} finished, {len(failed)} failed, {len(killed)} killed, {len(suspended)} suspended "
-          f"(resumable), {len(left)} left at {elapsed():.0f} s" +
+    print(f"run.py: {finished} finished, {len(failed)} failed, {len(killed)} killed (glue: resumable from their "
+          f"last checkpoint), {len(suspended)} suspended (PEFT, resumable), {len(left)} left at {elapsed():.0f} s" +
           ("; grid complete" if complete else "; run again to resume"), flush=True)
     if a.protocol == "paper":
         for line in plan(a)[1]:
@@ -649,6 +883,11 @@ def main(argv=None):
     if failed:
         return 1
     if a.smoke:
+        stray = [os.path.join(d, n) for d, dirs, files in os.walk(a.out) for n in dirs + files
+                 if n.startswith("checkpoint")]
+        if stray:  # every job is complete: no glue checkpoint may be left in the results
+            print(f"run.py: glue checkpoints left after their jobs ended: {stray}", file=sys.stderr)
+            return 1
         rc = subprocess.call([sys.executable, os.path.join(HERE, "report.py"), a.out, "--require-all",
                               "--data-dir", a.data_dir], cwd=ROOT)
         if rc != 0:
