@@ -40,6 +40,7 @@
 #include <numeric>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -217,7 +218,16 @@ struct Args {
   bool random_allocation = false;
   bool apply_lora = true;
   bool cuda_graphs = false;
+  int64_t save_steps = 0;
+  std::string resume_from_checkpoint;
+  int64_t stop_after_step = 0;  // tests: end after this step as a killed run would (no metrics.json)
 };
+
+// Flags that do not change what a run computes: a resumed run may set them differently.
+bool is_run_control_flag(const std::string& name) {
+  return name == "save_steps" || name == "resume_from_checkpoint" || name == "stop_after_step" || name == "device" ||
+         name == "root_output_dir" || name == "per_device_eval_batch_size";
+}
 
 std::string default_model_dir() {
   const char* home = std::getenv("HOME");
@@ -277,8 +287,13 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.ignore("model_name_or_path", true, "use --model_dir (a local Hugging Face checkpoint directory)");
   f.ignore("lora_type", true, "always svd");
   f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
-  f.ignore("save_strategy", true, "no checkpoints are saved");
-  f.ignore("save_steps", true, "no checkpoints are saved");
+  f.add("save_steps", &a.save_steps, "write a training checkpoint to ROOT_OUTPUT_DIR/checkpoint every N steps (0: "
+        "never); a killed run leaves the last complete one");
+  f.add("resume_from_checkpoint", &a.resume_from_checkpoint, "continue the run saved in this checkpoint folder "
+        "(the same flags otherwise; exact on CPU)");
+  f.add("stop_after_step", &a.stop_after_step, "end after this many steps without writing metrics.json, as a "
+        "killed run would (for tests of resuming)");
+  f.ignore("save_strategy", true, "checkpoints follow --save_steps");
   f.ignore("tb_writter_loginterval", true, "see log.jsonl");
   f.ignore("report_to", true, "see log.jsonl");
   for (const char* b : {"apply_increlora", "do_train", "do_eval", "overwrite_output_dir"}) {
@@ -303,6 +318,8 @@ Args parse_args(int argc, char** argv, json& args_json) {
   need(a.logging_steps >= 1, "--logging_steps must be >= 1");
   need(a.warmup_steps >= 0, "--warmup_steps must be >= 0");
   need(a.lora_r >= 1, "--lora_r must be >= 1");
+  need(a.save_steps >= 0, "--save_steps must be >= 0 (0: no checkpoints)");
+  need(a.stop_after_step >= 0, "--stop_after_step must be >= 0");
   args_json = f.to_json();
   return a;
 }
@@ -402,7 +419,7 @@ increlora::bert::glue::Metrics evaluate(increlora::bert::SequenceClassifier& mod
 
 class JsonLog {
  public:
-  explicit JsonLog(const fs::path& path) : out_(path) {
+  JsonLog(const fs::path& path, bool append) : out_(path, append ? std::ios::app : std::ios::trunc) {
     if (!out_) throw std::runtime_error("cannot write " + path.string() + "; check --root_output_dir");
   }
   void write(const json& j) { out_ << j.dump() << '\n' << std::flush; }
@@ -569,7 +586,8 @@ int run(int argc, char** argv) {
   args_json["total_steps"] = total_steps;
   args_json["device"] = device.str();
   write_json(out_dir / "args.json", args_json);
-  JsonLog log(out_dir / "log.jsonl");
+  const bool resuming = !a.resume_from_checkpoint.empty();
+  JsonLog log(out_dir / "log.jsonl", /*append=*/resuming);
 
   fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch) on {}\n", spec.name,
              train.inputs.size(), evals.front().second.inputs.size(), total_steps, steps_per_epoch, device.str());
@@ -637,12 +655,73 @@ int run(int argc, char** argv) {
       },
       increlora::GraphedStepOptions().enabled(a.cuda_graphs));
 
+  // --resume_from_checkpoint: the model, allocator, optimizer and random generators from the checkpoint, and
+  // this loop's own state (data order, evaluations, running log sums) from the checkpoint's user state.
+  int64_t first_step = 0;
+  double seconds_before = 0.0;
+  json user_state;
+  if (resuming) {
+    std::string user;
+    const int64_t saved = increlora::load_checkpoint(a.resume_from_checkpoint, *model, allocator.get(), optimizer,
+                                                     /*restore_rng=*/true, &user);
+    user_state = json::parse(user);
+    if (!user_state.contains("glue")) {
+      throw std::invalid_argument("--resume_from_checkpoint " + a.resume_from_checkpoint +
+                                  ": not a checkpoint of the glue program (no \"glue\" state)");
+    }
+    user_state = user_state.at("glue");
+    for (const auto& [name, value] : user_state.at("args").items()) {
+      if (is_run_control_flag(name)) continue;
+      if (!args_json.contains(name) || args_json[name] != value) {
+        throw std::invalid_argument(fmt::format("--resume_from_checkpoint: the checkpoint was trained with --{} {} "
+                                                "but this run has {}; resume with the same flags", name,
+                                                value.dump(), args_json.contains(name) ? args_json[name].dump() : "none"));
+      }
+    }
+    first_step = saved + 1;
+    epoch = user_state.at("epoch").get<int64_t>();
+    cursor = user_state.at("cursor").get<size_t>();
+    order = user_state.at("order").get<std::vector<size_t>>();
+    std::istringstream(user_state.at("rng").get<std::string>()) >> rng;
+    evals_json = user_state.at("evaluations");
+    best = user_state.at("best");
+    best_main = best.is_null() ? -std::numeric_limits<double>::infinity() : user_state.at("best_main").get<double>();
+    seconds_before = user_state.at("train_seconds").get<double>();
+    fmt::print("glue: resumed from {} at step {}\n", a.resume_from_checkpoint, first_step);
+  }
   const auto start = std::chrono::steady_clock::now();
+
   // Sums of the logged losses stay on the device between logging steps: reading them every step would
   // synchronise the host with the GPU each step.
   torch::Tensor loss_sum, reg_sum;
   int64_t loss_count = 0;
-  for (int64_t step = 0; step < total_steps; ++step) {
+  const auto scalar_on_device = [&](double v) {
+    return torch::tensor(v, torch::TensorOptions().dtype(torch::kFloat).device(device));
+  };
+  if (resuming) {
+    loss_count = user_state.at("loss_count").get<int64_t>();
+    if (!user_state.at("loss_sum").is_null()) loss_sum = scalar_on_device(user_state.at("loss_sum").get<double>());
+    if (!user_state.at("reg_sum").is_null()) reg_sum = scalar_on_device(user_state.at("reg_sum").get<double>());
+  }
+  const auto save = [&](int64_t step) {
+    json args = json::object();
+    for (const auto& [name, value] : args_json.items()) {
+      if (!is_run_control_flag(name)) args[name] = value;
+    }
+    std::ostringstream rng_text;
+    rng_text << rng;
+    const json state = {
+        {"glue",
+         {{"args", args}, {"epoch", epoch}, {"cursor", cursor}, {"order", order}, {"rng", rng_text.str()},
+          {"evaluations", evals_json}, {"best", best},
+          {"best_main", best.is_null() ? json(nullptr) : json(best_main)},
+          {"loss_sum", loss_sum.defined() ? json(loss_sum.item<double>()) : json(nullptr)},
+          {"reg_sum", reg_sum.defined() ? json(reg_sum.item<double>()) : json(nullptr)},
+          {"loss_count", loss_count}, {"train_seconds", seconds_before + seconds_since(start)}}}};
+    increlora::save_checkpoint((out_dir / "checkpoint").string(), *model, allocator.get(), optimizer, step,
+                               state.dump());
+  };
+  for (int64_t step = first_step; step < total_steps; ++step) {
     if (cursor >= order.size()) {  // a new epoch (the last batch of an epoch may be short, as in run_glue)
       std::shuffle(order.begin(), order.end(), rng);
       cursor = 0;
@@ -711,13 +790,19 @@ int run(int argc, char** argv) {
       loss_count = 0;
     }
     if (tty) {
-      const double rate = done / std::max(elapsed, 1e-9);
+      const double rate = (done - first_step) / std::max(elapsed, 1e-9);
       fmt::print(stderr, "\r\033[K[{:>6}/{}] epoch {} loss {:.4f} lr {:.3g} rank {}/{} | {:.2f} it/s, eta {:.0f} s",
                  done, total_steps, epoch, loss.item<double>(), lr, total_rank(), budget(), rate,
                  (total_steps - done) / rate);
       std::fflush(stderr);
     }
     if (done % a.eval_steps == 0 || done == total_steps) run_eval(done);
+    if (a.save_steps > 0 && done % a.save_steps == 0 && done < total_steps) save(step);
+    if (a.stop_after_step > 0 && done == a.stop_after_step && done < total_steps) {
+      if (tty) std::fputs("\n", stderr);
+      fmt::print("glue: stopped after step {} (--stop_after_step); no metrics written\n", done);
+      return 0;
+    }
   }
   if (tty) std::fputs("\n", stderr);
 
@@ -738,7 +823,7 @@ int run(int argc, char** argv) {
                   {"final", evals_json.back()},
                   {"best", best},
                   {"evaluations", evals_json},
-                  {"train_seconds", seconds_since(start)},
+                  {"train_seconds", seconds_before + seconds_since(start)},
                   {"total_steps", total_steps},
                   {"total_rank", total_rank()},
                   {"budget", budget()},

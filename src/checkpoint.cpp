@@ -185,8 +185,18 @@ std::string strip_slashes(std::string dir) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model, const RankAllocator& allocator,
+void save_checkpoint(const std::string& dir, const torch::nn::Module& model, const RankAllocator& allocator,
                      const torch::optim::Optimizer& optimizer, int64_t step) {
+  save_checkpoint(dir, model, &allocator, optimizer, step, std::string());
+}
+
+int64_t load_checkpoint(const std::string& dir, torch::nn::Module& model, RankAllocator& allocator,
+                        torch::optim::Optimizer& optimizer, bool restore_rng) {
+  return load_checkpoint(dir, model, &allocator, optimizer, restore_rng, nullptr);
+}
+
+void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model, const RankAllocator* allocator,
+                     const torch::optim::Optimizer& optimizer, int64_t step, const std::string& user_state) {
   constexpr const char* caller = "save_checkpoint";
   INCRELORA_CHECK(step >= 0, caller, ": step must be >= 0 (got ", step, ").");
   const std::string dir = strip_slashes(dir_arg);
@@ -199,6 +209,19 @@ void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model,
   j["format"] = kStateFormat;
   j["format_version"] = kCheckpointFormatVersion;
   j["step"] = step;
+  if (!user_state.empty()) {
+    ordered_json user;
+    try {
+      user = ordered_json::parse(user_state);
+    } catch (const nlohmann::json::exception& e) {
+      INCRELORA_CHECK(false, caller, ": user_state is not valid JSON (", e.what(), "); pass a JSON object's text.");
+    }
+    INCRELORA_CHECK(user.is_object(), caller, ": user_state must be a JSON object (got ", user.type_name(), ").");
+    j["user"] = std::move(user);
+  }
+  // A model without adapter layers (a head trained alone) has no adapter files.
+  const bool with_adapter = !named_svd_linears(model, /*adapters_only=*/true).empty();
+  j["adapter"] = with_adapter;
 
   // Parameters the optimizer trains that the adapter files do not hold (a task head, trained biases).
   const auto adapter = lora_state_dict(model);
@@ -212,17 +235,21 @@ void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model,
   for (const auto& name : extra) tensors.emplace_back("model." + name, params[name]);
   j["trained_parameters"] = extra;
 
-  const auto state = allocator.state();
-  std::vector<std::string> layers;
-  for (const auto& entry : allocator.modules()) layers.push_back(entry.first);
-  j["allocator"] = {{"layers", layers},
-                    {"round", state.round},
-                    {"total_rank", state.total_rank},
-                    {"budget_met", state.budget_met},
-                    {"armed_step", state.armed_step},
-                    {"last_update_step", state.last_update_step}};
-  tensors.emplace_back("allocator.sensitivity", state.sensitivity);
-  tensors.emplace_back("allocator.uncertainty", state.uncertainty);
+  if (allocator != nullptr) {
+    const auto state = allocator->state();
+    std::vector<std::string> layers;
+    for (const auto& entry : allocator->modules()) layers.push_back(entry.first);
+    j["allocator"] = {{"layers", layers},
+                      {"round", state.round},
+                      {"total_rank", state.total_rank},
+                      {"budget_met", state.budget_met},
+                      {"armed_step", state.armed_step},
+                      {"last_update_step", state.last_update_step}};
+    tensors.emplace_back("allocator.sensitivity", state.sensitivity);
+    tensors.emplace_back("allocator.uncertainty", state.uncertainty);
+  } else {
+    j["allocator"] = nullptr;
+  }
 
   ordered_json jgroups = ordered_json::array();
   ordered_json jstate = ordered_json::object();
@@ -257,7 +284,11 @@ void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model,
   const std::string staged = dir + ".tmp-" + std::to_string(::getpid());
   detail::remove_tree(staged);
   try {
-    save_adapter(model, staged);
+    if (with_adapter) {
+      save_adapter(model, staged);
+    } else {
+      detail::make_directories(staged, caller);
+    }
     save_safetensors(join_path(staged, kStateTensors), tensors, {{"format", "pt"}});
     detail::write_file_atomically(join_path(staged, kStateJson), j.dump(2) + "\n");
     detail::replace_directory(staged, dir);
@@ -267,8 +298,8 @@ void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model,
   }
 }
 
-int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, RankAllocator& allocator,
-                        torch::optim::Optimizer& optimizer, bool restore_rng) {
+int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, RankAllocator* allocator,
+                        torch::optim::Optimizer& optimizer, bool restore_rng, std::string* user_state) {
   constexpr const char* caller = "load_checkpoint";
   const std::string dir = strip_slashes(dir_arg);
   const auto json_path = join_path(dir, kStateJson);
@@ -285,6 +316,8 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
 
   // Read and check everything before touching the model, the allocator or the optimizer.
   int64_t step = 0;
+  bool with_adapter = true;
+  std::string user = "{}";
   RankAllocatorState alloc_state;
   std::vector<std::string> saved_layers, extra, rng;
   ordered_json jopt;
@@ -299,22 +332,33 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
                     " but this increlora reads versions 1 to ", kCheckpointFormatVersion, "; update increlora.");
     step = j.at("step").get<int64_t>();
     const auto& ja = j.at("allocator");
-    saved_layers = ja.at("layers").get<std::vector<std::string>>();
-    alloc_state.round = ja.at("round").get<int64_t>();
-    alloc_state.total_rank = ja.at("total_rank").get<int64_t>();
-    alloc_state.budget_met = ja.at("budget_met").get<bool>();
-    alloc_state.armed_step = ja.at("armed_step").get<int64_t>();
-    alloc_state.last_update_step = ja.value("last_update_step", int64_t{-1});
+    INCRELORA_CHECK(ja.is_null() == (allocator == nullptr), caller, ": the checkpoint was saved ",
+                    ja.is_null() ? "without" : "with", " a RankAllocator but one is ",
+                    allocator == nullptr ? "not " : "", "given; restore it as it was saved.");
+    with_adapter = j.value("adapter", true);
+    if (allocator != nullptr) {
+      saved_layers = ja.at("layers").get<std::vector<std::string>>();
+      alloc_state.round = ja.at("round").get<int64_t>();
+      alloc_state.total_rank = ja.at("total_rank").get<int64_t>();
+      alloc_state.budget_met = ja.at("budget_met").get<bool>();
+      alloc_state.armed_step = ja.at("armed_step").get<int64_t>();
+      alloc_state.last_update_step = ja.value("last_update_step", int64_t{-1});
+      alloc_state.sensitivity = file.tensor("allocator.sensitivity");
+      alloc_state.uncertainty = file.tensor("allocator.uncertainty");
+      std::vector<std::string> layers;
+      for (const auto& entry : allocator->modules()) layers.push_back(entry.first);
+      INCRELORA_CHECK(layers == saved_layers, caller, ": the allocator scores the layers ",
+                      fmt::format("{}", fmt::join(layers, ", ")), " but the checkpoint's scored ",
+                      fmt::format("{}", fmt::join(saved_layers, ", ")), "; build the allocator over the same model.");
+    }
     extra = j.at("trained_parameters").get<std::vector<std::string>>();
     rng = j.at("rng").get<std::vector<std::string>>();
     jopt = j.at("optimizer");
-    alloc_state.sensitivity = file.tensor("allocator.sensitivity");
-    alloc_state.uncertainty = file.tensor("allocator.uncertainty");
-    std::vector<std::string> layers;
-    for (const auto& entry : allocator.modules()) layers.push_back(entry.first);
-    INCRELORA_CHECK(layers == saved_layers, caller, ": the allocator scores the layers ",
-                    fmt::format("{}", fmt::join(layers, ", ")), " but the checkpoint's scored ",
-                    fmt::format("{}", fmt::join(saved_layers, ", ")), "; build the allocator over the same model.");
+    if (j.contains("user")) {
+      INCRELORA_CHECK(j.at("user").is_object(), what, " has a \"user\" field that is not an object; the checkpoint is "
+                      "corrupted.");
+      user = j.at("user").dump();
+    }
 
     const auto saved_kind = jopt.value("type", std::string());
     INCRELORA_CHECK(saved_kind == kind_name(kind), caller, ": the checkpoint holds the state of a ", saved_kind,
@@ -360,12 +404,12 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
   for (const auto& name : rng) rng_states.push_back(file.tensor(name));
 
   // Apply: adapter (checks itself before copying), trained parameters, allocator, optimizer, generators.
-  load_adapter(model, dir);
+  if (with_adapter) load_adapter(model, dir);
   {
     torch::NoGradGuard no_grad;
     for (auto& [target, value] : extra_copies) target.copy_(value);
   }
-  allocator.load_state(alloc_state);
+  if (allocator != nullptr) allocator->load_state(alloc_state);
   // A FusedAdamW's per-slot counts belong to the state being replaced: the allocator's next
   // update_and_increase tracks the slots again and derives them from the restored start steps.
   if (auto* fused = dynamic_cast<FusedAdamW*>(&optimizer)) fused->untrack_adapter_slots();
@@ -385,6 +429,7 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
       state[p.unsafeGetTensorImpl()] = make_state(kind, saved_steps[groups[g][i]], fields);
     }
   }
+  if (user_state != nullptr) *user_state = user;
   if (restore_rng) {
     const auto gens = generators();
     for (size_t i = 0; i < rng.size(); ++i) {

@@ -12,9 +12,9 @@
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_sqrt.h>
 #include <ATen/ops/_fused_adamw.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include <ATen/ops/pow.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -24,20 +24,32 @@
 
 namespace increlora {
 
-// One adapter bank whose slots keep their own AdamW state. The per-element tensors have the bank's shape and
-// dtype, so that every foreach kernel takes same-shaped, same-dtype lists (ATen's fast path).
+// The tracked banks of one parameter group, device and dtype, with their per-element optimizer numbers in flat
+// buffers: the per-step coefficients are then a few single kernels over all of them, and each bank reads its
+// part through a view of its own shape (so the foreach kernels take same-shaped lists: ATen's fast path).
+struct SlotBucket {
+  size_t group = 0;                   // index of the optimizer's parameter group
+  int64_t numel = 0;                  // elements of all its banks
+  size_t banks = 0;                   // how many banks it holds
+  torch::Tensor count;                // float32 [N]: Adam updates of each element's slot since it started
+  torch::Tensor rate;                 // float32 [N]: learning-rate factor, 0 where the slot does not train
+  torch::Tensor step_size, inv_bias2, decay;  // the bank dtype [N]: rate/(1 − β1^c), 1/sqrt(1 − β2^c), 1 − lr·wd·rate
+};
+
 struct FusedAdamW::TrackedBank {
   torch::Tensor param;
   int64_t dim = 0;      // the dimension that indexes slots
   bool lambda = false;  // λ trains while the slot is active; P and Q while it is in use (active or reserve)
   std::vector<int64_t> seen_start;  // the layer's start steps as last seen: a change means the slot started
-  std::vector<int64_t> count;       // Adam updates of each slot since it started
+  std::vector<int64_t> count;       // Adam updates of each slot since it started (host copy, for reports)
   std::vector<double> factor;       // learning-rate factor per slot (RestartWarmup)
   std::vector<double> applied;      // the rate each slot holds in `rate`
-  torch::Tensor beta1_pow, beta2_pow;  // β1^count, β2^count per element
-  torch::Tensor rate;                  // factor per element, 0 where the slot does not train
+  std::shared_ptr<SlotBucket> bucket;
+  int64_t offset = 0;               // where the bank's elements start in the bucket's buffers
+  // Views of the bucket's buffers with the bank's shape.
+  torch::Tensor count_view, rate_view, step_size_view, inv_bias2_view, decay_view;
 
-  // The slot view [slot, slot + n) of a per-element tensor.
+  // The slot view [slot, slot + n) of a tensor shaped like the bank.
   torch::Tensor slots(const torch::Tensor& t, int64_t slot, int64_t n) const { return t.narrow(dim, slot, n); }
 };
 
@@ -75,33 +87,6 @@ torch::Tensor per_slot(const torch::Tensor& bank, int64_t dim, const std::vector
   return v.view(shape).expand(bank.sizes()).to(bank.device(), bank.scalar_type()).contiguous();
 }
 
-// β^count as the device computes it, one multiplication per step in the bank's dtype (opmath: float for the
-// half types), so that a run resumed from a checkpoint holds the same bits as one that never stopped.
-double stepped_power(double beta, int64_t count, c10::ScalarType dtype) {
-  switch (dtype) {
-    case c10::ScalarType::Double: {
-      double p = 1.0;
-      for (int64_t i = 0; i < count; ++i) p = p * beta;
-      return p;
-    }
-    case c10::ScalarType::BFloat16: {
-      c10::BFloat16 p(1.0f);
-      for (int64_t i = 0; i < count; ++i) p = c10::BFloat16(static_cast<float>(p) * static_cast<float>(beta));
-      return static_cast<float>(p);
-    }
-    case c10::ScalarType::Half: {
-      c10::Half p(1.0f);
-      for (int64_t i = 0; i < count; ++i) p = c10::Half(static_cast<float>(p) * static_cast<float>(beta));
-      return static_cast<float>(p);
-    }
-    default: {
-      float p = 1.0f;
-      for (int64_t i = 0; i < count; ++i) p = p * static_cast<float>(beta);
-      return p;
-    }
-  }
-}
-
 AdamWState& state_of(torch::optim::AdamW& optimizer, const torch::Tensor& p, bool amsgrad) {
   auto& slot = optimizer.state()[p.unsafeGetTensorImpl()];
   if (!slot) {
@@ -134,12 +119,13 @@ void FusedAdamW::track_adapter_slots(const torch::nn::Module& model, int64_t glo
   INCRELORA_CHECK(global_step >= 0, "FusedAdamW::track_adapter_slots: global_step must be >= 0 (got ", global_step,
                   ").");
   untrack_adapter_slots();
-  std::unordered_map<const void*, const torch::optim::AdamWOptions*> group_of;
-  for (const auto& group : param_groups()) {
-    for (const auto& p : group.params()) {
-      group_of[p.unsafeGetTensorImpl()] = &static_cast<const torch::optim::AdamWOptions&>(group.options());
-    }
+  std::unordered_map<const void*, size_t> group_of;
+  for (size_t g = 0; g < param_groups().size(); ++g) {
+    for (const auto& p : param_groups()[g].params()) group_of[p.unsafeGetTensorImpl()] = g;
   }
+  // Buckets by (group, device, dtype); their buffers are allocated once every bank is known.
+  std::map<std::tuple<size_t, int, int, int>, std::shared_ptr<SlotBucket>> buckets;
+  std::vector<std::pair<TrackedBank*, std::vector<double>>> initial_counts;
   for (const auto& [name, layer] : layers) {
     auto tracked = std::make_shared<TrackedLayer>();
     tracked->layer = layer;
@@ -150,52 +136,68 @@ void FusedAdamW::track_adapter_slots(const torch::nn::Module& model, int64_t glo
                       "adapter banks of layer '", name, "'; build it from model->parameters() after the SVDLinear "
                       "layers exist.");
       INCRELORA_CHECK(param.is_contiguous(), "FusedAdamW: the adapter bank of layer '", name, "' is not contiguous.");
-      const auto [beta1, beta2] = it->second->betas();
       bank.param = param;
       bank.dim = dim;
       bank.lambda = lambda;
       bank.seen_start = starts;
+      bank.factor.assign(starts.size(), 1.0);
+      bank.applied.assign(starts.size(), 0.0);  // every slot's rate is set by the first step's sync
       const auto found = state().find(param.unsafeGetTensorImpl());
       const int64_t tensor_steps = found == state().end() ? 0 : static_cast<AdamWState&>(*found->second).step();
       // A slot that started at s < global_step has had one update per step since; one starting now starts fresh.
       bank.count.resize(starts.size());
-      std::vector<double> p1, p2;
-      std::vector<int64_t> fresh;
-      std::map<int64_t, std::pair<double, double>> powers;  // by count: slots mostly share a few counts
+      std::vector<double> counts;
       for (size_t i = 0; i < starts.size(); ++i) {
         const int64_t s = starts[i];
         bank.count[i] = s < 0 ? tensor_steps : std::max<int64_t>(0, global_step - s);
-        if (s >= global_step) fresh.push_back(static_cast<int64_t>(i));
-        auto found_power = powers.find(bank.count[i]);
-        if (found_power == powers.end()) {
-          found_power = powers.emplace(bank.count[i],
-                                       std::make_pair(stepped_power(beta1, bank.count[i], param.scalar_type()),
-                                                      stepped_power(beta2, bank.count[i], param.scalar_type())))
-                            .first;
-        }
-        p1.push_back(found_power->second.first);
-        p2.push_back(found_power->second.second);
-      }
-      torch::NoGradGuard no_grad;
-      bank.beta1_pow = per_slot(param, dim, p1);
-      bank.beta2_pow = per_slot(param, dim, p2);
-      bank.factor.assign(starts.size(), 1.0);
-      bank.applied.assign(starts.size(), 0.0);
-      bank.rate = torch::zeros_like(param, torch::MemoryFormat::Contiguous);  // set by the first step's sync
-      if (found != state().end()) {
-        auto& s = static_cast<AdamWState&>(*found->second);
-        for (auto i : fresh) {
-          bank.slots(s.exp_avg(), i, 1).zero_();
-          bank.slots(s.exp_avg_sq(), i, 1).zero_();
-          if (s.max_exp_avg_sq().defined()) bank.slots(s.max_exp_avg_sq(), i, 1).zero_();
+        counts.push_back(static_cast<double>(bank.count[i]));
+        if (s >= global_step && found != state().end()) {
+          auto& st = static_cast<AdamWState&>(*found->second);
+          torch::NoGradGuard no_grad;
+          const auto slot = static_cast<int64_t>(i);
+          bank.slots(st.exp_avg(), slot, 1).zero_();
+          bank.slots(st.exp_avg_sq(), slot, 1).zero_();
+          if (st.max_exp_avg_sq().defined()) bank.slots(st.max_exp_avg_sq(), slot, 1).zero_();
         }
       }
+      auto& bucket = buckets[{it->second, static_cast<int>(param.device().type()), param.device().index(),
+                              static_cast<int>(param.scalar_type())}];
+      if (!bucket) {
+        bucket = std::make_shared<SlotBucket>();
+        bucket->group = it->second;
+      }
+      bank.bucket = bucket;
+      bank.offset = bucket->numel;
+      bucket->numel += param.numel();
+      ++bucket->banks;
+      initial_counts.emplace_back(&bank, std::move(counts));
     };
     init(tracked->E, layer->lora_E, 0, true, layer->lambda_start());
     init(tracked->A, layer->lora_A, 0, false, layer->factor_start());
     init(tracked->B, layer->lora_B, 1, false, layer->factor_start());
     for (auto* bank : {&tracked->E, &tracked->A, &tracked->B}) tracked_banks_[bank->param.unsafeGetTensorImpl()] = bank;
     tracked_.push_back(std::move(tracked));
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [bank, counts] : initial_counts) {
+    auto& b = *bank->bucket;
+    if (!b.count.defined()) {
+      const auto exact = bank->param.options().dtype(torch::kFloat);  // counts and rates exact in float32
+      b.count = torch::zeros({b.numel}, exact);
+      b.rate = torch::zeros({b.numel}, exact);
+      b.step_size = torch::zeros({b.numel}, bank->param.options());
+      b.inv_bias2 = torch::zeros({b.numel}, bank->param.options());
+      b.decay = torch::zeros({b.numel}, bank->param.options());
+    }
+    const auto numel = bank->param.numel();
+    const auto shape = bank->param.sizes();
+    const auto view = [&](const torch::Tensor& flat) { return flat.narrow(0, bank->offset, numel).view(shape); };
+    bank->count_view = view(b.count);
+    bank->rate_view = view(b.rate);
+    bank->step_size_view = view(b.step_size);
+    bank->inv_bias2_view = view(b.inv_bias2);
+    bank->decay_view = view(b.decay);
+    bank->count_view.copy_(per_slot(bank->count_view, bank->dim, counts));
   }
 }
 
@@ -238,17 +240,14 @@ int64_t FusedAdamW::slot_step(const SVDLinearImpl& layer, bool lambda_bank, int6
 }
 
 void FusedAdamW::step_tracked(std::vector<TrackedBank*>& banks, const torch::optim::AdamWOptions& options) {
-  // One (device, dtype) at a time, as the foreach kernels want.
-  std::map<std::tuple<int, int, int>, std::vector<TrackedBank*>> by_kind;
-  for (auto* b : banks) {
-    const auto& p = b->param;
-    by_kind[{static_cast<int>(p.device().type()), p.device().index(), static_cast<int>(p.scalar_type())}].push_back(b);
-  }
+  // One bucket (device, dtype) at a time, as the foreach kernels want.
+  std::map<SlotBucket*, std::vector<TrackedBank*>> by_bucket;
+  for (auto* b : banks) by_bucket[b->bucket.get()].push_back(b);
   const auto [beta1, beta2] = options.betas();
   const double lr = options.lr(), wd = options.weight_decay(), eps = options.eps();
-  for (auto& entry : by_kind) {
-    std::vector<torch::Tensor> P, G, M, V, VMAX, B1, B2, R;
-    for (auto* b : entry.second) {
+  for (auto& [bucket, members] : by_bucket) {
+    std::vector<torch::Tensor> P, G, M, V, VMAX, S1, S2, D;
+    for (auto* b : members) {
       auto& s = state_of(*this, b->param, options.amsgrad());
       P.push_back(b->param);
       const auto& g = b->param.grad();
@@ -256,35 +255,40 @@ void FusedAdamW::step_tracked(std::vector<TrackedBank*>& banks, const torch::opt
       M.push_back(s.exp_avg());
       V.push_back(s.exp_avg_sq());
       if (options.amsgrad()) VMAX.push_back(s.max_exp_avg_sq());
-      B1.push_back(b->beta1_pow);
-      B2.push_back(b->beta2_pow);
-      R.push_back(b->rate);
+      S1.push_back(b->step_size_view);
+      S2.push_back(b->inv_bias2_view);
+      D.push_back(b->decay_view);
       s.step(s.step() + 1);  // the tensor's own count, as AdamW keeps it (checkpoints, the untracked path)
       for (auto& c : b->count) ++c;
     }
-    // The same arithmetic as torch::optim::AdamW, with per-element step counts (as β^count) and rates:
-    //   p ← p (1 − lr·wd·rate) − lr·rate/(1 − β1^c) · m / (sqrt(v)/sqrt(1 − β2^c) + eps)
-    at::_foreach_mul_(B1, beta1);
-    at::_foreach_mul_(B2, beta2);
+    // Per-element coefficients, a few kernels over the whole bucket. A bank without a gradient this step (not
+    // in `members`) takes no update, so its counts are put back.
+    bucket->count.add_(1.0);
+    if (members.size() != bucket->banks) {
+      for (const auto& entry : tracked_banks_) {
+        auto* b = entry.second;
+        if (b->bucket.get() == bucket && std::find(members.begin(), members.end(), b) == members.end()) {
+          b->count_view.sub_(1.0);
+        }
+      }
+    }
+    auto bias1 = at::pow(beta1, bucket->count).neg_().add_(1.0);        // 1 − β1^c
+    bucket->step_size.copy_(bucket->rate / bias1);                       // rate / (1 − β1^c)
+    bucket->inv_bias2.copy_(at::pow(beta2, bucket->count).neg_().add_(1.0).rsqrt_());  // 1 / sqrt(1 − β2^c)
+    // The same arithmetic as torch::optim::AdamW, with per-element counts and rates:
+    //   p ← p (1 − lr·wd·rate) − lr · rate/(1 − β1^c) · m / (sqrt(v) / sqrt(1 − β2^c) + eps)
     at::_foreach_lerp_(M, G, 1.0 - beta1);
     at::_foreach_mul_(V, beta2);
     at::_foreach_addcmul_(V, G, G, 1.0 - beta2);
     if (options.amsgrad()) at::_foreach_maximum_(VMAX, V);
-    auto bias1 = at::_foreach_mul(B1, -1.0);
-    at::_foreach_add_(bias1, 1.0);
-    auto bias2_sqrt = at::_foreach_mul(B2, -1.0);
-    at::_foreach_add_(bias2_sqrt, 1.0);
-    at::_foreach_sqrt_(bias2_sqrt);
     auto denom = at::_foreach_sqrt(options.amsgrad() ? VMAX : V);
-    at::_foreach_div_(denom, bias2_sqrt);
+    at::_foreach_mul_(denom, S2);
     at::_foreach_add_(denom, eps);
-    auto update = at::_foreach_div(R, bias1);
-    at::_foreach_mul_(update, M);
+    auto update = at::_foreach_mul(M, S1);
     at::_foreach_div_(update, denom);
     if (wd != 0.0) {
-      auto decay = at::_foreach_mul(R, -lr * wd);
-      at::_foreach_add_(decay, 1.0);
-      at::_foreach_mul_(P, decay);
+      bucket->decay.copy_(bucket->rate * (-lr * wd) + 1.0);
+      at::_foreach_mul_(P, D);
     }
     at::_foreach_add_(P, update, -lr);
   }
@@ -306,8 +310,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
       const auto found = state().find(bank->param.unsafeGetTensorImpl());
       AdamWState* s = found == state().end() ? nullptr : &static_cast<AdamWState&>(*found->second);
       for_changed_runs(bank->seen_start, starts, [&](int64_t first, int64_t n, int64_t) {
-        bank->slots(bank->beta1_pow, first, n).fill_(1.0);
-        bank->slots(bank->beta2_pow, first, n).fill_(1.0);
+        bank->slots(bank->count_view, first, n).fill_(0.0);
         std::fill_n(bank->count.begin() + first, n, 0);
         if (s != nullptr) {
           bank->slots(s->exp_avg(), first, n).zero_();
@@ -320,7 +323,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
       std::vector<double> wanted(bank->factor.size(), 0.0);
       for (int64_t i = 0; i < training; ++i) wanted[i] = bank->factor[i];
       for_changed_runs(bank->applied, wanted, [&](int64_t first, int64_t n, double value) {
-        bank->slots(bank->rate, first, n).fill_(value);
+        bank->slots(bank->rate_view, first, n).fill_(value);
       });
       bank->applied = std::move(wanted);
     }

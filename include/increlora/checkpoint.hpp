@@ -45,4 +45,17 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model, con
 int64_t load_checkpoint(const std::string& dir, torch::nn::Module& model, RankAllocator& allocator,
                         torch::optim::Optimizer& optimizer, bool restore_rng = true);
 
+/// The same for a trainer: `allocator` may be null (a run without rank allocation: a fixed adapter, or a task
+/// head trained alone, whose model then needs no adapter at all), and `user_state`, a JSON object of the
+/// caller's own (its data order, its log's running sums), is stored in trainer_state.json under "user", inside
+/// the same all-or-nothing folder. Throws when `user_state` is not a JSON object.
+void save_checkpoint(const std::string& dir, const torch::nn::Module& model, const RankAllocator* allocator,
+                     const torch::optim::Optimizer& optimizer, int64_t step, const std::string& user_state);
+
+/// Restores a checkpoint of the overload above and returns its step; `allocator` must be null exactly when it
+/// was at the save. `user_state` (when not null) receives the saved JSON object's text ("{}" when none was
+/// saved).
+int64_t load_checkpoint(const std::string& dir, torch::nn::Module& model, RankAllocator* allocator,
+                        torch::optim::Optimizer& optimizer, bool restore_rng, std::string* user_state);
+
 }  // namespace increlora

@@ -37,10 +37,10 @@ class SVDLinearImpl;
 ///     its moments are zeroed when it starts, so its first updates equal a fresh parameter's;
 ///   * slots that do not train (unused slots, the held λ of a reserve) are left exactly as they are;
 ///   * each slot's learning rate can carry a factor (`set_slot_lr_factors`, used by `RestartWarmup`).
-/// The tracked banks are updated by ATen's multi-tensor (foreach) kernels, some twenty launches for all of
-/// them together, whatever their number; their bias corrections are kept as β^count tensors in the bank's
-/// dtype (keep the banks in float32 for float32 arithmetic). Other parameters (a task head) keep the fused
-/// kernel.
+/// The tracked banks are updated by ATen's multi-tensor (foreach) kernels, about ten of them for all banks
+/// together whatever their number, plus a few kernels over one flat buffer of per-element step counts and rates
+/// (float32, so counts stay exact); the coefficients taken from it each step are in the bank's dtype (keep the
+/// banks in float32 for float32 arithmetic). Other parameters (a task head) keep the fused kernel.
 ///
 /// Example:
 /// \code

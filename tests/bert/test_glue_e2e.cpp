@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <sys/wait.h>
 
@@ -114,4 +115,63 @@ TEST_CASE("The glue program rejects unknown flags and bad values naming the flag
   CHECK_THAT(stderr_text(), HasSubstring("unexpected argument 'maybe'"));
   CHECK(run(std::string(INCRELORA_GLUE_EXE) + " --task_name sst2 2> " + log) == 2);
   CHECK_THAT(stderr_text(), HasSubstring("--data_dir is required"));
+}
+
+TEST_CASE("A GLUE run stopped in the middle of the allocation phase resumes from its checkpoint bit for bit",
+          "[bert][glue][e2e][checkpoint]") {
+  // The same run three ways: straight through; stopped after step 6 with a checkpoint at step 4 (rounds at 4, 6,
+  // 8: one done, one just past, one to come); resumed from that checkpoint. Also the head alone (no adapters).
+  const auto variant = GENERATE(std::string(""), std::string("--apply_lora False"));
+  INFO("variant '" << variant << "'");
+  const auto root = std::filesystem::path(INCRELORA_BERT_OUTPUT_DIR) / "resume";
+  const std::string tag = variant.empty() ? "increlora" : "head";
+  const auto straight = root / (tag + "-straight"), stopped = root / (tag + "-stopped");
+  std::filesystem::create_directories(root);
+  for (const auto& dir : {straight, stopped}) {
+    for (const char* f : {"metrics.json", "log.jsonl", "checkpoint/trainer_state.json"}) std::remove((dir / f).c_str());
+  }
+  const std::string base = std::string(INCRELORA_GLUE_EXE) + " --task_name mrpc --data_dir " +
+                           increlora::test::shared_dir() + "/data/glue/MRPC --model_dir " + INCRELORA_MINILM_DIR +
+                           " --device cpu --max_steps 10 --per_device_train_batch_size 8 --max_seq_length 32"
+                           " --max_eval_samples 32 --eval_steps 5 --logging_steps 2 --lora_r 1 --target_rank 2"
+                           " --init_warmup 2 --incre_interval 2 --top_h 12 --lora_dropout 0.1 --weight_decay 0.01"
+                           " --learning_rate 1e-3 --warmup_steps 2 --seed 11 " + variant + " --root_output_dir ";
+  REQUIRE(run(base + straight.string() + " > " + straight.string() + ".stdout 2>&1") == 0);
+  REQUIRE(run(base + stopped.string() + " --save_steps 4 --stop_after_step 6 > " + stopped.string() +
+              ".stdout1 2>&1") == 0);
+  CHECK_FALSE(std::filesystem::exists(stopped / "metrics.json"));
+  REQUIRE(std::filesystem::exists(stopped / "checkpoint" / "trainer_state.json"));
+  REQUIRE(run(base + stopped.string() + " --resume_from_checkpoint " + (stopped / "checkpoint").string() + " > " +
+              stopped.string() + ".stdout2 2>&1") == 0);
+
+  const auto a = read_json(straight / "metrics.json"), b = read_json(stopped / "metrics.json");
+  CHECK(b["final"]["step"] == 10);
+  CHECK(b["evaluations"].size() == 2);
+  CHECK(b["final"]["eval_f1"] == a["final"]["eval_f1"]);
+  CHECK(b["evaluations"][0]["eval_accuracy"] == a["evaluations"][0]["eval_accuracy"]);
+  CHECK(b["total_rank"] == a["total_rank"]);
+  // The training losses of the steps after the checkpoint, bit for bit (the log is appended on resume).
+  auto losses = [](const std::filesystem::path& log_path) {
+    std::map<int64_t, double> by_step;  // a later line for the same step (the resumed run's) wins
+    std::ifstream log(log_path);
+    std::string line;
+    while (std::getline(log, line)) {
+      const auto j = nlohmann::json::parse(line);
+      if (j["event"] == "train") by_step[j["step"].get<int64_t>()] = j["loss"].get<double>();
+    }
+    return by_step;
+  };
+  const auto la = losses(straight / "log.jsonl"), lb = losses(stopped / "log.jsonl");
+  REQUIRE(la.size() == 5);
+  CHECK(lb == la);
+  if (variant.empty()) {
+    CHECK(read_json(stopped / "rank_pattern.json") == read_json(straight / "rank_pattern.json"));
+  }
+  // A checkpoint is refused by a run with other training flags, naming the flag.
+  const auto err = (root / (tag + "-mismatch.stderr")).string();
+  CHECK(run(base + stopped.string() + " --learning_rate 2e-3 --resume_from_checkpoint " +
+            (stopped / "checkpoint").string() + " > /dev/null 2> " + err) == 2);
+  std::ifstream in(err);
+  const std::string text(std::istreambuf_iterator<char>(in), {});
+  CHECK_THAT(text, HasSubstring("--learning_rate"));
 }
