@@ -246,7 +246,9 @@ int run(const Args& a) {
     if (scoring) {
       // The one allocation round lies far past the timed steps; exact_scoring scores every step before it.
       const int64_t far = 1000 * (a.warmup + a.steps + 1);
-      options.exact_scoring(true).init_warmup(far).incre_interval(far).top_h(1000000);
+      // top_h: every adapted layer (one round meets the budget).
+      const auto layers = static_cast<int64_t>(increlora::named_svd_linears(*model).size());
+      options.exact_scoring(true).init_warmup(far).incre_interval(far).top_h(layers);
     }
     allocator = std::make_unique<increlora::RankAllocator>(*model, options);
     if (!scoring && !allocator->budget_met()) throw std::logic_error("after_budget: the budget should be met");

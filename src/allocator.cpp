@@ -93,8 +93,23 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
   INCRELORA_CHECK(total_capacity >= budget_, "RankAllocator: the layers can hold ", total_capacity,
                   " triplets in all but the budget is ", budget_, "; raise the layers' capacity or lower the target.");
 
+  INCRELORA_CHECK(options_.top_h() <= layers || budget_ == initial_total_, "RankAllocator: top_h is ",
+                  options_.top_h(), " but the model has only ", layers, " adapted layers, so at most ", layers,
+                  " can grow per round and the schedule would miss the budget; use top_h(", layers, ") or less.");
   const int64_t per_round = options_.top_h() * incre_rank_num_;
   planned_rounds_ = (budget_ - initial_total_ + per_round - 1) / per_round;
+  if (planned_rounds_ > 0) {
+    // allocation_step(planned_rounds) in int64 arithmetic, checked: an init_warmup near INT64_MAX would wrap.
+    const int64_t interval = options_.incre_interval();
+    int64_t first = 0, span = 0, last = 0;
+    const bool overflow = __builtin_mul_overflow(options_.init_warmup() / interval + 1, interval, &first) ||
+                          __builtin_mul_overflow(planned_rounds_ - 1, interval, &span) ||
+                          __builtin_add_overflow(first, span, &last);
+    INCRELORA_CHECK(!overflow, "RankAllocator: the schedule's steps overflow a 64-bit step count (init_warmup ",
+                    options_.init_warmup(), ", incre_interval ", interval, ", ", planned_rounds_,
+                    " rounds); lower init_warmup or incre_interval.");
+    check_plan();
+  }
   if (options_.total_step() > 0 && planned_rounds_ > 0) {
     const int64_t last = allocation_step(planned_rounds_);
     INCRELORA_CHECK(last < options_.total_step(), "RankAllocator: the schedule does not fit in total_step = ",
@@ -114,6 +129,8 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
   accum_ = torch::zeros({layers}, opts);
   sensitivity_ = torch::zeros({layers}, opts);
   uncertainty_ = torch::zeros({layers}, opts);
+  finite_ = torch::ones({}, opts.dtype(torch::kBool));
+  non_finite_ = torch::zeros({}, opts.dtype(torch::kLong));
 
   if (budget_ == initial_total_) {
     budget_met_ = true;
@@ -124,6 +141,28 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
 }
 
 RankAllocator::~RankAllocator() { disarm(); }
+
+void RankAllocator::check_plan() const {
+  // The best any scores could do over the planned rounds: each round grows the top_h layers with the most room
+  // by incre_rank_num (less where a layer fills up). A plan that falls short even so cannot meet the budget.
+  std::vector<int64_t> room;
+  for (const auto& entry : modules_) room.push_back(entry.second->capacity() - entry.second->rank());
+  int64_t total = initial_total_;
+  for (int64_t k = 0; k < planned_rounds_ && total < budget_; ++k) {
+    std::vector<int64_t> order(room.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&room](int64_t a, int64_t b) { return room[a] > room[b]; });
+    for (int64_t i = 0; i < std::min<int64_t>(options_.top_h(), static_cast<int64_t>(order.size())); ++i) {
+      const int64_t grow = std::min({incre_rank_num_, room[order[i]], budget_ - total});
+      room[order[i]] -= grow;
+      total += grow;
+    }
+  }
+  INCRELORA_CHECK(total == budget_, "RankAllocator: the layers fill up before the budget is met: with their "
+                  "capacities, ", planned_rounds_, " rounds of top_h × incre_rank_num = ", options_.top_h(), " × ",
+                  incre_rank_num_, " reach at most ", total, " of the ", budget_, " total rank; raise the layers' "
+                  "capacity (recommended_capacity(options, layers)) or lower the target.");
+}
 
 int64_t RankAllocator::allocation_step(int64_t k) const {
   const int64_t interval = options_.incre_interval();
@@ -201,8 +240,14 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
                   "allocator was built over; pass the same model.");
   INCRELORA_CHECK(global_step >= 0, "RankAllocator::update_and_increase: global_step must be >= 0 (got ",
                   global_step, ").");
+  INCRELORA_CHECK(global_step > last_step_, "RankAllocator::update_and_increase: step ", global_step,
+                  " does not come after step ", last_step_, ", which it has seen already; call it once per optimizer "
+                  "step with increasing steps (after a restore, continue after the restored step).");
+  last_step_ = global_step;
   if (budget_met_) return {};
+  bool scored_now = false;
   if (armed_step_ >= 0) {
+    scored_now = true;
     // The scores accumulated by the backward passes since the last call (one per micro-batch).
     torch::NoGradGuard no_grad;
     auto score = accum_.clone();
@@ -211,7 +256,7 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
     update_emas(std::move(score), global_step);
   }
   std::vector<AllocationEvent> events;
-  if (is_allocation_step(global_step)) events = allocate(global_step);
+  if (is_allocation_step(global_step) || pending_round_) events = allocate(global_step, scored_now);
   if (is_scoring_step(global_step + 1)) {
     arm(global_step + 1);
   } else {
@@ -221,8 +266,12 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
 }
 
 void RankAllocator::update_emas(torch::Tensor score, int64_t global_step) {
-  // On the device, without reading anything back: a non-finite score counts as 0 for this step.
-  score = torch::nan_to_num(score, 0.0, 0.0, 0.0);
+  // On the device, without reading anything back: a step whose scores are not all finite leaves the EMAs as
+  // they were (computed on zeros, then not taken) and is counted.
+  finite_ = torch::isfinite(score).all();
+  non_finite_.add_(finite_.logical_not().to(torch::kLong));
+  score = torch::where(finite_, score, torch::zeros_like(score));
+  const auto old_sensitivity = sensitivity_.clone(), old_uncertainty = uncertainty_.clone();
   const double b1 = options_.beta1(), b2 = options_.beta2();
   const int64_t gap = global_step - last_update_step_ - 1;  // steps since the last update that were not scored
   if (gap > 0) {
@@ -244,12 +293,30 @@ void RankAllocator::update_emas(torch::Tensor score, int64_t global_step) {
   }
   sensitivity_.mul_(b1).add_(score, 1.0 - b1);
   uncertainty_.mul_(b2).add_((score - sensitivity_).abs_(), 1.0 - b2);
+  sensitivity_ = torch::where(finite_, sensitivity_, old_sensitivity);
+  uncertainty_ = torch::where(finite_, uncertainty_, old_uncertainty);
   last_update_step_ = global_step;
 }
 
-std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step) {
+std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step, bool scored_now) {
   const auto score = scores();  // the one host synchronisation, at allocations only
   const auto* s = score.data_ptr<float>();
+  const int64_t non_finite = non_finite_.item<int64_t>();
+  if (scored_now && !finite_.item<bool>()) {
+    // No layer grows on a step whose gradients were not finite: the round runs at the next step.
+    pending_round_ = true;
+    AllocationEvent skipped;
+    skipped.step = global_step;
+    skipped.round = round_ + 1;
+    skipped.skipped_non_finite = true;
+    skipped.non_finite_steps = non_finite;
+    log(fmt::format("increlora: step {} round {}: skipped, the scores of this step are not finite ({} such scored "
+                    "step(s) since the last round); the round runs at the next step", global_step, round_ + 1,
+                    non_finite));
+    return {skipped};
+  }
+  pending_round_ = false;
+  non_finite_.zero_();
   ++round_;
   const auto order = allocation_order(s);
 
@@ -274,6 +341,7 @@ std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step) {
     ++chosen;
     events.push_back(event);
   }
+  if (!events.empty()) events.front().non_finite_steps = non_finite;
   if (total_rank_ == budget_) {
     budget_met_ = true;
     for (auto& entry : modules_) entry.second->set_reserve(0);
@@ -285,8 +353,10 @@ std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step) {
       grown += e.at_capacity ? fmt::format(" {} (full at {})", e.module, e.old_rank)
                              : fmt::format(" {} {}->{}", e.module, e.old_rank, e.new_rank);
     }
-    log(fmt::format("increlora: step {} round {}: total rank {}/{}{}:{}", global_step, round_, total_rank_, budget_,
-                    budget_met_ ? " (budget met)" : "", grown));
+    log(fmt::format("increlora: step {} round {}: total rank {}/{}{}:{}{}", global_step, round_, total_rank_, budget_,
+                    budget_met_ ? " (budget met)" : "", grown,
+                    non_finite > 0 ? fmt::format(" ({} scored step(s) with non-finite scores left out)", non_finite)
+                                   : std::string()));
   }
   return events;
 }
@@ -320,9 +390,18 @@ torch::Tensor RankAllocator::scores() const {
 }
 
 RankAllocatorState RankAllocator::state() const {
-  return RankAllocatorState{round_,      total_rank_,       budget_met_,
-                            armed_step_, last_update_step_, sensitivity_.to(torch::kCPU).clone(),
-                            uncertainty_.to(torch::kCPU).clone()};
+  RankAllocatorState state;
+  state.round = round_;
+  state.total_rank = total_rank_;
+  state.budget_met = budget_met_;
+  state.armed_step = armed_step_;
+  state.last_update_step = last_update_step_;
+  state.last_step = last_step_;
+  state.pending_round = pending_round_;
+  state.non_finite_steps = non_finite_.item<int64_t>();
+  state.sensitivity = sensitivity_.to(torch::kCPU).clone();
+  state.uncertainty = uncertainty_.to(torch::kCPU).clone();
+  return state;
 }
 
 void RankAllocator::load_state(const RankAllocatorState& state) {
@@ -345,6 +424,10 @@ void RankAllocator::load_state(const RankAllocatorState& state) {
   sensitivity_ = state.sensitivity.to(device, torch::kFloat).clone();
   uncertainty_ = state.uncertainty.to(device, torch::kFloat).clone();
   accum_ = torch::zeros({layers}, sensitivity_.options());
+  last_step_ = state.last_step;
+  pending_round_ = state.pending_round;
+  finite_ = torch::ones({}, sensitivity_.options().dtype(torch::kBool));
+  non_finite_ = torch::full({}, state.non_finite_steps, sensitivity_.options().dtype(torch::kLong));
   if (!budget_met_ && state.armed_step >= 0) arm(state.armed_step);
 }
 

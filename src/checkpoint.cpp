@@ -244,7 +244,10 @@ void save_checkpoint(const std::string& dir_arg, const torch::nn::Module& model,
                       {"total_rank", state.total_rank},
                       {"budget_met", state.budget_met},
                       {"armed_step", state.armed_step},
-                      {"last_update_step", state.last_update_step}};
+                      {"last_update_step", state.last_update_step},
+                      {"last_step", state.last_step},
+                      {"pending_round", state.pending_round},
+                      {"non_finite_steps", state.non_finite_steps}};
     tensors.emplace_back("allocator.sensitivity", state.sensitivity);
     tensors.emplace_back("allocator.uncertainty", state.uncertainty);
   } else {
@@ -343,6 +346,10 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
       alloc_state.budget_met = ja.at("budget_met").get<bool>();
       alloc_state.armed_step = ja.at("armed_step").get<int64_t>();
       alloc_state.last_update_step = ja.value("last_update_step", int64_t{-1});
+      // Checkpoints before these fields were saved after step `step`; nothing was pending then.
+      alloc_state.last_step = ja.value("last_step", step);
+      alloc_state.pending_round = ja.value("pending_round", false);
+      alloc_state.non_finite_steps = ja.value("non_finite_steps", int64_t{0});
       alloc_state.sensitivity = file.tensor("allocator.sensitivity");
       alloc_state.uncertainty = file.tensor("allocator.uncertainty");
       std::vector<std::string> layers;

@@ -3,6 +3,7 @@
 #include "increlora/errors.hpp"
 #include "increlora/modules.hpp"
 
+#include <cmath>
 #include <map>
 #include <utility>
 #include <vector>
@@ -21,6 +22,8 @@ torch::Tensor sum_of_gram_deviations(const std::vector<torch::Tensor>& mats) {
 }  // namespace
 
 torch::Tensor compute_orth_regu(const torch::nn::Module& model, double regu_weight) {
+  INCRELORA_CHECK(std::isfinite(regu_weight) && regu_weight >= 0.0, "compute_orth_regu: regu_weight must be a finite "
+                  "number >= 0 (got ", regu_weight, "); the paper uses 0.1, and 0 turns the regularizer off.");
   const auto layers = named_svd_linears(model, /*adapters_only=*/true);
   INCRELORA_CHECK(!layers.empty(), "compute_orth_regu: the model has no SVDLinear layer with an adapter "
                   "(build the layers to adapt with r >= 1).");

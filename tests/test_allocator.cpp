@@ -370,3 +370,82 @@ TEST_CASE("The library sizes bank capacity for a plan", "[allocator][options]") 
                                                   RankAllocatorOptions(o).target_rank(8), 6)));
   CHECK_NOTHROW(RankAllocator(*net, RankAllocatorOptions(o).target_rank(8)));
 }
+
+TEST_CASE("Non-finite scores never grow a layer and leave the EMAs finite", "[allocator][non_finite]") {
+  torch::manual_seed(21);
+  TinyNet net(6, 3, SVDLinearOptions(1, 1).r(1).lora_alpha(4));
+  std::vector<std::string> lines;
+  RankAllocator allocator(*net, RankAllocatorOptions().lora_r(1).target_rank(2).init_warmup(4).incre_interval(4)
+                                    .top_h(1).incre_rank_num(1).exact_scoring(true).total_step(40)
+                                    .log([&lines](const std::string& l) { lines.push_back(l); }));
+  const auto good = torch::randn({8, 6});
+  auto bad = good.clone();
+  bad[0][0] = std::numeric_limits<float>::quiet_NaN();
+  auto step = [&](int64_t t, const torch::Tensor& x) {
+    for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
+    net->forward(x).pow(2).sum().backward();
+    return allocator.update_and_increase(*net, t);
+  };
+  for (int64_t t = 0; t < 6; ++t) CHECK(step(t, t == 5 ? bad : good).empty());  // step 5: a NaN in the window
+  CHECK(torch::isfinite(allocator.scores()).all().item<bool>());
+  // Step 8 is an allocation step whose own scores are NaN: the round is skipped and runs at step 9.
+  CHECK(step(6, good).empty());
+  CHECK(step(7, good).empty());
+  const auto skipped = step(8, bad);
+  REQUIRE(skipped.size() == 1);
+  CHECK(skipped[0].skipped_non_finite);
+  CHECK(skipped[0].module.empty());
+  CHECK(skipped[0].non_finite_steps == 2);  // steps 5 and 8
+  CHECK(allocator.total_rank() == 3);
+  CHECK(allocator.round() == 0);
+  CHECK_THAT(lines.back(), HasSubstring("skipped"));
+  const auto ran = step(9, good);
+  REQUIRE(ran.size() == 1);
+  CHECK_FALSE(ran[0].skipped_non_finite);
+  CHECK(ran[0].non_finite_steps == 2);
+  CHECK(ran[0].new_rank == 2);
+  CHECK(allocator.total_rank() == 4);
+  CHECK(torch::isfinite(allocator.scores()).all().item<bool>());
+  // The next round comes at step 12 as planned, with no non-finite step to report.
+  for (int64_t t = 10; t < 12; ++t) CHECK(step(t, good).empty());
+  const auto next = step(12, good);
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].non_finite_steps == 0);
+  CHECK(allocator.state().non_finite_steps == 0);
+}
+
+TEST_CASE("update_and_increase refuses a step it has seen or one that goes back", "[allocator][errors]") {
+  TinyNet net(4, 2, SVDLinearOptions(1, 1).r(1));
+  RankAllocator allocator(*net, RankAllocatorOptions().lora_r(1).target_rank(2).incre_interval(5));
+  allocator.update_and_increase(*net, 3);
+  CHECK_THROWS_WITH(allocator.update_and_increase(*net, 3), HasSubstring("step 3 does not come after step 3"));
+  CHECK_THROWS_WITH(allocator.update_and_increase(*net, 1), HasSubstring("step 1 does not come after step 3"));
+  CHECK_NOTHROW(allocator.update_and_increase(*net, 7));  // gaps are allowed
+  // The last step seen is part of the state: a restored allocator continues after it.
+  RankAllocator restored(*net, RankAllocatorOptions().lora_r(1).target_rank(2).incre_interval(5));
+  restored.load_state(allocator.state());
+  CHECK_THROWS_WITH(restored.update_and_increase(*net, 7), HasSubstring("does not come after step 7"));
+}
+
+TEST_CASE("Plans that cannot meet the budget are refused at construction", "[allocator][errors]") {
+  TinyNet net(4, 2, SVDLinearOptions(1, 1).r(1).capacity(4));
+  auto make = [&](RankAllocatorOptions o) { RankAllocator allocator(*net, o); };
+  const auto base = RankAllocatorOptions().lora_r(1).target_rank(2).incre_rank_num(1);
+  CHECK_THROWS_WITH(make(RankAllocatorOptions(base).top_h(3)), HasSubstring("only 2 adapted layers"));
+  // Total capacity 8 holds a budget of 8, but rounds of 1 layer × 2 reach at most 2 + 2 + 1 = 5 more rank in
+  // the 3 planned rounds: the layers fill up (room 3 each) before the budget.
+  CHECK_THROWS_WITH(make(RankAllocatorOptions(base).target_total_rank(8).incre_rank_num(2).top_h(1)
+                             .advance_learn(false)),
+                    HasSubstring("fill up before the budget"));
+  CHECK_NOTHROW(make(RankAllocatorOptions(base).target_total_rank(8).incre_rank_num(1).top_h(2)));
+  CHECK_THROWS_WITH(make(RankAllocatorOptions(base).init_warmup(std::numeric_limits<int64_t>::max() - 2)
+                             .incre_interval(1000)),
+                    HasSubstring("overflow"));
+}
+
+TEST_CASE("compute_orth_regu refuses a weight that is not a finite number >= 0", "[regularization][errors]") {
+  TinyNet net(4, 2, SVDLinearOptions(1, 1).r(1));
+  CHECK_THROWS_WITH(increlora::compute_orth_regu(*net, std::nan("")), HasSubstring("regu_weight must be"));
+  CHECK_THROWS_WITH(increlora::compute_orth_regu(*net, -0.1), HasSubstring("regu_weight must be"));
+  CHECK_NOTHROW(increlora::compute_orth_regu(*net, 0.0));
+}

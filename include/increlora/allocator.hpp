@@ -93,6 +93,12 @@ struct AllocationEvent {
   int64_t new_rank = 0;    ///< equal to old_rank when the layer was skipped
   double score = 0.0;      ///< the layer's smoothed importance Ī · Ū at the allocation
   bool at_capacity = false;  ///< the layer was among the top but full, so it was skipped
+  /// The round did not run: the scores of this step were not finite (a NaN or inf in the loss or the
+  /// gradients), so no layer grows on it; `module` is empty and the round runs at the next step instead.
+  bool skipped_non_finite = false;
+  /// On the first event of a round (or the skipped one): scored steps since the previous round whose scores
+  /// were not finite and were left out of the EMAs.
+  int64_t non_finite_steps = 0;
 };
 
 /// The allocator's state as plain data: what a checkpoint must keep so that training resumes exactly.
@@ -104,6 +110,12 @@ struct RankAllocatorState {
   int64_t armed_step = -1;
   /// The last step whose score entered the EMAs (-1: none yet).
   int64_t last_update_step = -1;
+  /// The last step `update_and_increase` saw (-1: none yet); the next must be later.
+  int64_t last_step = -1;
+  /// A round skipped for non-finite scores that runs at the next step.
+  bool pending_round = false;
+  /// Scored steps with non-finite scores since the last round.
+  int64_t non_finite_steps = 0;
   torch::Tensor sensitivity;   ///< Ī per layer, float32, CPU
   torch::Tensor uncertainty;   ///< Ū per layer, float32, CPU
 };
@@ -115,9 +127,13 @@ struct RankAllocatorState {
 /// before each allocation (see `score_window`) and stops once the budget is met; the per-layer scores stay on
 /// the device and are read by the host only at allocations. The steps between two windows are accounted for
 /// when the next window opens, as if the score had stayed at the window's first value: without that, Ī would
-/// start each window stale and Ū would measure the jump instead of the score's noise. A non-finite score
-/// (an overflowing f16 step, say) counts as 0 for that step rather than poisoning the EMAs. Ties between equal scores go to the layer
-/// registered first, so the same scores always give the same allocation.
+/// start each window stale and Ū would measure the jump instead of the score's noise. Ties between equal
+/// scores go to the layer registered first, so the same scores always give the same allocation.
+///
+/// Non-finite scores (a NaN or inf in the input, the loss or the gradients) never grow a layer: such a scored
+/// step is left out of the EMAs (they stay finite), and an allocation step whose own scores are not finite
+/// skips its round to the next step, reporting it as an event (`skipped_non_finite`) and through the log sink.
+/// Steps must increase: a step seen already, or one before it, is refused naming both.
 class RankAllocator {
  public:
   RankAllocator(torch::nn::Module& model, RankAllocatorOptions options);
@@ -166,13 +182,14 @@ class RankAllocator {
   void load_state(const RankAllocatorState& state);
 
  private:
-  std::vector<AllocationEvent> allocate(int64_t global_step);
+  std::vector<AllocationEvent> allocate(int64_t global_step, bool scored_now);
   void arm(int64_t global_step);
   void disarm();
   void check_optimizer(const torch::optim::Optimizer& optimizer);
   std::vector<int64_t> allocation_order(const float* scores) const;
   void log(const std::string& line) const;
   void update_emas(torch::Tensor score, int64_t global_step);
+  void check_plan() const;
 
   RankAllocatorOptions options_;
   const torch::nn::Module* model_;
@@ -190,6 +207,10 @@ class RankAllocator {
   torch::Tensor accum_;        // [layers] float32 on the model's device: Σ S of the armed step
   torch::Tensor sensitivity_;  // Ī
   torch::Tensor uncertainty_;  // Ū
+  torch::Tensor finite_;       // 0-dim bool on the device: the last EMA update's scores were finite
+  torch::Tensor non_finite_;   // 0-dim int64 on the device: non-finite scored steps since the last round
+  int64_t last_step_ = -1;
+  bool pending_round_ = false;
   const torch::optim::Optimizer* checked_optimizer_ = nullptr;
 };
 
