@@ -9,7 +9,9 @@
 //        --seed 42 --root_output_dir out/sst2
 //
 // Writes under --root_output_dir: args.json (the settings), log.jsonl (one JSON object per training log,
-// allocation and evaluation), metrics.json (final and best evaluation) and rank_pattern.json (module → rank).
+// allocation and evaluation), metrics.json (final and best evaluation), rank_pattern.json (module → rank),
+// adapter/ (the adapter and the trained head: `glue --do_train False --adapter_dir DIR/adapter` evaluates it) and,
+// with --save_steps, checkpoint/ (`--resume_from_checkpoint DIR/checkpoint` continues the run).
 // `glue --help` lists every flag.
 #include <bert.hpp>
 #include <glue.hpp>
@@ -79,6 +81,7 @@ class Flags {
       std::optional<std::string> value;
       if (const auto eq = name.find('='); eq != std::string::npos) value = name.substr(eq + 1), name.resize(eq);
       if (const auto ig = ignored_.find(name); ig != ignored_.end()) {
+        seen_ignored_.emplace_back(name, ig->second.second);
         if (ig->second.first && !value && i + 1 < argc) ++i;
         if (!ig->second.first && !value && i + 1 < argc && is_bool_text(argv[i + 1])) ++i;
         continue;
@@ -104,6 +107,8 @@ class Flags {
   }
 
   bool help() const { return help_; }
+  /// The compatibility-only flags the command line gave, with why each has no effect.
+  const std::vector<std::pair<std::string, std::string>>& ignored_seen() const { return seen_ignored_; }
   bool given(const std::string& name) const {
     for (const auto& f : flags_) if (f.name == name) return f.given;
     return false;
@@ -173,6 +178,7 @@ class Flags {
   }
   std::vector<Flag> flags_;
   std::map<std::string, std::pair<bool, std::string>> ignored_;
+  std::vector<std::pair<std::string, std::string>> seen_ignored_;
   bool help_ = false;
 };
 
@@ -221,7 +227,15 @@ struct Args {
   int64_t save_steps = 0;
   std::string resume_from_checkpoint;
   int64_t stop_after_step = 0;  // tests: end after this step as a killed run would (no metrics.json)
+  bool do_train = true;
+  bool do_eval = true;
+  std::string model_name_or_path;
+  std::string adapter_dir;
 };
+
+// Beside the adapter files in the output's adapter/ folder: every other tensor the run trained (pooler and
+// classifier), so that the folder reproduces the run's model.
+constexpr const char* kTrainedHeadFile = "head.safetensors";
 
 // Flags that do not change what a run computes: a resumed run may set them differently.
 bool is_run_control_flag(const std::string& name) {
@@ -284,7 +298,12 @@ Args parse_args(int argc, char** argv, json& args_json) {
         "instead of the most important ones");
   f.add("cuda_graphs", &a.cuda_graphs, "on CUDA, replay forward + backward from CUDA graphs (increlora::GraphedStep; "
         "training batches are then padded to max_seq_length so that one shape is captured)");
-  f.ignore("model_name_or_path", true, "use --model_dir (a local Hugging Face checkpoint directory)");
+  f.add("model_name_or_path", &a.model_name_or_path, "a local Hugging Face checkpoint directory (the seed's name for "
+        "--model_dir; a hub id must be downloaded first)");
+  f.add("do_train", &a.do_train, "train (False: evaluate the model of --adapter_dir, or the pretrained one)");
+  f.add("do_eval", &a.do_eval, "evaluate on the dev set(s) every --eval_steps and at the end");
+  f.add("adapter_dir", &a.adapter_dir, "with --do_train False: the adapter/ folder a glue run wrote (adapter and "
+        "trained head) to evaluate");
   f.ignore("lora_type", true, "always svd");
   f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
   f.add("save_steps", &a.save_steps, "write a training checkpoint to ROOT_OUTPUT_DIR/checkpoint every N steps (0: "
@@ -296,13 +315,23 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.ignore("save_strategy", true, "checkpoints follow --save_steps");
   f.ignore("tb_writter_loginterval", true, "see log.jsonl");
   f.ignore("report_to", true, "see log.jsonl");
-  for (const char* b : {"apply_increlora", "do_train", "do_eval", "overwrite_output_dir"}) {
-    f.ignore(b, false, "always on");
-  }
+  for (const char* b : {"apply_increlora", "overwrite_output_dir"}) f.ignore(b, false, "always on");
   f.parse(argc, argv);
   if (f.help()) {
     std::fputs(f.usage().c_str(), stdout);
     std::exit(0);
+  }
+  for (const auto& [name, why] : f.ignored_seen()) fmt::print("glue: --{} has no effect here ({})\n", name, why);
+  if (!a.model_name_or_path.empty()) {
+    if (!fs::is_directory(a.model_name_or_path)) {
+      throw std::invalid_argument("--model_name_or_path " + a.model_name_or_path + ": not a local directory. This "
+                                  "program reads a Hugging Face checkpoint directory (config.json, model.safetensors, "
+                                  "vocab.txt): download the model (e.g. huggingface-cli download) and pass its folder");
+    }
+    if (f.given("model_dir") && fs::path(a.model_dir) != fs::path(a.model_name_or_path)) {
+      throw std::invalid_argument("--model_name_or_path and --model_dir name different folders; give one of them");
+    }
+    a.model_dir = a.model_name_or_path;
   }
   auto need = [&](bool ok, const std::string& msg) {
     if (!ok) throw std::invalid_argument(msg);
@@ -320,6 +349,10 @@ Args parse_args(int argc, char** argv, json& args_json) {
   need(a.lora_r >= 1, "--lora_r must be >= 1");
   need(a.save_steps >= 0, "--save_steps must be >= 0 (0: no checkpoints)");
   need(a.stop_after_step >= 0, "--stop_after_step must be >= 0");
+  need(a.do_train || a.do_eval, "--do_train False --do_eval False leaves nothing to do");
+  need(a.adapter_dir.empty() || !a.do_train, "--adapter_dir is for evaluating a saved run (--do_train False); to "
+       "continue training use --resume_from_checkpoint");
+  need(a.do_train || a.resume_from_checkpoint.empty(), "--resume_from_checkpoint needs --do_train True");
   args_json = f.to_json();
   return a;
 }
@@ -444,6 +477,39 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// The parameters a run trains beside the adapter (the pooler and classifier), by qualified name.
+void save_trained_head(increlora::bert::SequenceClassifier& model, const fs::path& dir) {
+  std::vector<std::pair<std::string, torch::Tensor>> head;
+  for (const auto& p : model->named_parameters()) {
+    for (const auto& prefix : model->head_prefixes()) {
+      if (p.key().rfind(prefix, 0) == 0) head.emplace_back(p.key(), p.value().detach());
+    }
+  }
+  fs::create_directories(dir);
+  increlora::save_safetensors((dir / kTrainedHeadFile).string(), head, {{"format", "pt"}});
+}
+
+void load_trained_head(increlora::bert::SequenceClassifier& model, const fs::path& dir) {
+  const auto path = dir / kTrainedHeadFile;
+  if (!fs::exists(path)) {
+    throw std::invalid_argument("--adapter_dir " + dir.string() + " has no " + kTrainedHeadFile +
+                                "; pass the adapter/ folder a glue run wrote");
+  }
+  const increlora::SafetensorsFile file(path.string());
+  const auto report = increlora::load_state_into(*model, file, nullptr, /*strict=*/false);
+  if (!report.unexpected.empty()) {
+    throw std::invalid_argument(fmt::format("{}: holds {}, which this model lacks; evaluate it with the task and "
+                                            "model it was trained with", path.string(), report.unexpected.front()));
+  }
+  for (const auto& name : report.missing) {
+    for (const auto& prefix : model->head_prefixes()) {
+      if (name.rfind(prefix, 0) == 0) {
+        throw std::invalid_argument(path.string() + ": lacks the head tensor " + name);
+      }
+    }
+  }
+}
+
 int run(int argc, char** argv) {
   json args_json;
   const Args a = parse_args(argc, argv, args_json);
@@ -558,7 +624,7 @@ int run(int argc, char** argv) {
 
   // No allocator (nor restart warmup) without adapters: --apply_lora False trains the head alone.
   std::unique_ptr<increlora::RankAllocator> allocator;
-  if (a.apply_lora) {
+  if (a.apply_lora && a.do_train) {
     try {
       allocator = std::make_unique<increlora::RankAllocator>(*model, allocator_options);
     } catch (const c10::Error& e) {
@@ -588,6 +654,30 @@ int run(int argc, char** argv) {
   write_json(out_dir / "args.json", args_json);
   const bool resuming = !a.resume_from_checkpoint.empty();
   JsonLog log(out_dir / "log.jsonl", /*append=*/resuming);
+  if (!a.do_train) {
+    // --do_train False: evaluate the saved run of --adapter_dir (or the pretrained encoder with a fresh head).
+    if (!a.adapter_dir.empty()) {
+      if (a.apply_lora) increlora::load_adapter(*model, a.adapter_dir);
+      load_trained_head(model, fs::path(a.adapter_dir));
+    }
+    json entry = {{"event", "eval"}, {"step", 0}, {"adapter_dir", a.adapter_dir}};
+    increlora::bert::glue::Metrics all;
+    for (const auto& [suffix, data] : evals) {
+      for (const auto& [k, v] : evaluate(model, data, spec, a.per_device_eval_batch_size, tokenizer.pad_id(), device)) {
+        all[k + suffix] = v;
+      }
+    }
+    for (const auto& [k, v] : all) entry["eval_" + k] = std::isnan(v) ? json(nullptr) : json(v);
+    int64_t rank = 0;
+    for (const auto& [name, layer] : increlora::named_svd_linears(*model)) rank += layer->rank();
+    entry["total_rank"] = rank;
+    log.write(entry);
+    write_json(out_dir / "metrics.json", {{"task", spec.name}, {"main_metric", "eval_" + spec.main_metric},
+                                          {"final", entry}, {"best", entry}, {"evaluations", json::array({entry})},
+                                          {"total_steps", 0}, {"total_rank", rank}});
+    fmt::print("eval  (no training{}): {}\n", a.adapter_dir.empty() ? "" : ", " + a.adapter_dir, metrics_text(all));
+    return 0;
+  }
 
   fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch) on {}\n", spec.name,
              train.inputs.size(), evals.front().second.inputs.size(), total_steps, steps_per_epoch, device.str());
@@ -796,7 +886,7 @@ int run(int argc, char** argv) {
                  (total_steps - done) / rate);
       std::fflush(stderr);
     }
-    if (done % a.eval_steps == 0 || done == total_steps) run_eval(done);
+    if (a.do_eval && (done % a.eval_steps == 0 || done == total_steps)) run_eval(done);
     if (a.save_steps > 0 && done % a.save_steps == 0 && done < total_steps) save(step);
     if (a.stop_after_step > 0 && done == a.stop_after_step && done < total_steps) {
       if (tty) std::fputs("\n", stderr);
@@ -818,9 +908,12 @@ int run(int argc, char** argv) {
     increlora::write_rank_report(allocator->rank_pattern(), out_dir.string(),
                                  fmt::format("{}: ranks after IncreLoRA (budget {})", spec.name, allocator->budget()));
   }
+  // The trained head beside it: with the adapter, the folder reproduces the run's model (glue --do_train False
+  // --adapter_dir OUT/adapter evaluates it).
+  save_trained_head(model, out_dir / "adapter");
   json metrics = {{"task", spec.name},
                   {"main_metric", "eval_" + main_key},
-                  {"final", evals_json.back()},
+                  {"final", evals_json.empty() ? json(nullptr) : evals_json.back()},
                   {"best", best},
                   {"evaluations", evals_json},
                   {"train_seconds", seconds_before + seconds_since(start)},
@@ -829,9 +922,13 @@ int run(int argc, char** argv) {
                   {"budget", budget()},
                   {"trainable_parameters", trainable}};
   write_json(out_dir / "metrics.json", metrics);
-  fmt::print("glue: done in {:.1f} s; best eval_{} {:.4f} at step {}; wrote {}\n", seconds_since(start), main_key,
-             best_main,
-             best["step"].get<int64_t>(), out_dir.string());
+  if (best.is_null()) {
+    fmt::print("glue: done in {:.1f} s (no evaluation: --do_eval False); wrote {}\n", seconds_since(start),
+               out_dir.string());
+  } else {
+    fmt::print("glue: done in {:.1f} s; best eval_{} {:.4f} at step {}; wrote {}\n", seconds_since(start), main_key,
+               best_main, best["step"].get<int64_t>(), out_dir.string());
+  }
   return 0;
 }
 

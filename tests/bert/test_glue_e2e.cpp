@@ -175,3 +175,40 @@ TEST_CASE("A GLUE run stopped in the middle of the allocation phase resumes from
   const std::string text(std::istreambuf_iterator<char>(in), {});
   CHECK_THAT(text, HasSubstring("--learning_rate"));
 }
+
+TEST_CASE("The adapter folder a GLUE run writes reproduces its final dev metric exactly", "[bert][glue][e2e]") {
+  const auto variant = GENERATE(std::string(""), std::string("--apply_lora False"));
+  INFO("variant '" << variant << "'");
+  const auto root = std::filesystem::path(INCRELORA_BERT_OUTPUT_DIR) / "reproduce";
+  std::filesystem::create_directories(root);
+  const std::string tag = variant.empty() ? "increlora" : "head";
+  const auto trained = root / tag, evaluated = root / (tag + "-eval");
+  for (const auto& dir : {trained, evaluated}) std::remove((dir / "metrics.json").c_str());
+  const std::string common = std::string(INCRELORA_GLUE_EXE) + " --task_name mrpc --data_dir " +
+                             increlora::test::shared_dir() + "/data/glue/MRPC --model_name_or_path " +
+                             INCRELORA_MINILM_DIR + " --device cpu --max_seq_length 32 --max_eval_samples 40 "
+                             "--lora_r 1 --target_rank 2 --lora_dropout 0.1 " + variant;
+  REQUIRE(run(common + " --max_steps 10 --per_device_train_batch_size 8 --eval_steps 10 --init_warmup 2"
+                       " --incre_interval 2 --top_h 12 --learning_rate 2e-3 --warmup_steps 2 --seed 5"
+                       " --lora_type svd --report_to none --root_output_dir " + trained.string() + " > " +
+              trained.string() + ".stdout 2>&1") == 0);
+  REQUIRE(run(common + " --do_train False --adapter_dir " + (trained / "adapter").string() + " --root_output_dir " +
+              evaluated.string() + " > " + evaluated.string() + ".stdout 2>&1") == 0);
+  const auto a = read_json(trained / "metrics.json"), b = read_json(evaluated / "metrics.json");
+  CHECK(b["final"]["eval_f1"] == a["final"]["eval_f1"]);
+  CHECK(b["final"]["eval_accuracy"] == a["final"]["eval_accuracy"]);
+  CHECK(b["total_rank"] == a["total_rank"]);
+  // Flags kept for the seed's command lines say that they do nothing.
+  std::ifstream out(trained.string() + ".stdout");
+  const std::string text(std::istreambuf_iterator<char>(out), {});
+  CHECK_THAT(text, HasSubstring("glue: --report_to has no effect here"));
+}
+
+TEST_CASE("The glue program refuses a model name that is not a local checkpoint directory", "[bert][glue][errors]") {
+  const auto log = (std::filesystem::path(INCRELORA_BERT_OUTPUT_DIR) / "model-name.stderr").string();
+  CHECK(run(std::string(INCRELORA_GLUE_EXE) + " --task_name mrpc --data_dir x --model_name_or_path "
+            "microsoft/deberta-v3-base 2> " + log) == 2);
+  std::ifstream in(log);
+  const std::string text(std::istreambuf_iterator<char>(in), {});
+  CHECK_THAT(text, HasSubstring("not a local directory"));
+}
