@@ -231,7 +231,10 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
                                                                 torch::optim::Optimizer& optimizer) {
   check_optimizer(optimizer);
   // Before growing: slots that start at this step are then seen starting by the optimizer's next step().
-  if (auto* fused = dynamic_cast<FusedAdamW*>(&optimizer)) fused->track_adapter_slots(model, global_step);
+  // (Once: walking the model's modules every step would cost the host time; load_checkpoint untracks.)
+  if (auto* fused = dynamic_cast<FusedAdamW*>(&optimizer); fused != nullptr && !fused->tracks_adapter_slots()) {
+    fused->track_adapter_slots(model, global_step);
+  }
   return update_and_increase(model, global_step);
 }
 
