@@ -409,6 +409,36 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
   }
   std::vector<torch::Tensor> rng_states;
   for (const auto& name : rng) rng_states.push_back(file.tensor(name));
+  // Moments of the wrong shape would only fail at the next step(), a generator state of the wrong size at
+  // set_state: check both before anything is restored.
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (size_t i = 0; i < groups[g].size(); ++i) {
+      const auto it = saved_state.find(groups[g][i]);
+      if (it == saved_state.end()) continue;
+      const auto& p = optimizer.param_groups()[g].params()[i];
+      for (const auto& [field, t] : it->second) {
+        INCRELORA_CHECK(field == "step" || t.sizes() == p.sizes(), caller, ": the optimizer state '", field,
+                        "' of parameter '", groups[g][i], "' has shape ", t.sizes(), " but the parameter has ",
+                        p.sizes(), "; the checkpoint belongs to another model or is corrupted.");
+      }
+    }
+  }
+  if (restore_rng) {
+    const auto gens = generators();
+    for (size_t i = 0; i < rng.size(); ++i) {
+      for (const auto& [name, gen] : gens) {
+        if (name != rng[i]) continue;
+        auto copy = gen;
+        std::lock_guard<std::mutex> lock(copy.mutex());
+        const auto current = copy.get_state();
+        INCRELORA_CHECK(rng_states[i].scalar_type() == current.scalar_type() &&
+                            rng_states[i].numel() == current.numel(),
+                        caller, ": the random generator state '", rng[i], "' has ", rng_states[i].numel(),
+                        " entries but this generator's has ", current.numel(), "; the checkpoint is corrupted (or "
+                        "pass restore_rng = false).");
+      }
+    }
+  }
 
   // Apply: adapter (checks itself before copying), trained parameters, allocator, optimizer, generators.
   if (with_adapter) load_adapter(model, dir);

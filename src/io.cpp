@@ -76,12 +76,26 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
 }
 
 std::string read_text_file(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  INCRELORA_CHECK(in.good(), what, " '", path, "' could not be opened (", errno_text(), ").");
-  std::ostringstream text;
-  text << in.rdbuf();
-  INCRELORA_CHECK(!in.bad(), what, " '", path, "' could not be read.");
-  return text.str();
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; it is refused below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  INCRELORA_CHECK(fd >= 0, what, " '", path, "' could not be opened (", errno_text(), ").");
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  INCRELORA_CHECK(::fstat(fd, &st) == 0 && S_ISREG(st.st_mode), what, " '", path,
+                  "' is not a regular file (a FIFO, device or folder); pass the file itself.");
+  std::string text;
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    INCRELORA_CHECK(n >= 0, what, " '", path, "' could not be read (", errno_text(), ").");
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  return text;
 }
 
 bool path_exists(const std::string& path) {

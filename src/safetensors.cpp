@@ -81,11 +81,12 @@ uint64_t read_u64(const ordered_json& value, const std::string& what) {
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const std::string where = fmt::format("safetensors file '{}': ", path);
   Fd in;
-  in.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  in.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block: refused below
   INCRELORA_CHECK(in.fd >= 0, where, fmt::format("could not open it ({}); check the path.", errno_text()));
   struct stat st {};
   INCRELORA_CHECK(::fstat(in.fd, &st) == 0, where, fmt::format("could not stat it ({}).", errno_text()));
-  INCRELORA_CHECK(S_ISREG(st.st_mode), where, fmt::format("it is not a regular file."));
+  INCRELORA_CHECK(S_ISREG(st.st_mode), where, fmt::format("it is not a regular file (a FIFO, device or folder); pass the "
+                                                          "file itself."));
   size_ = static_cast<size_t>(st.st_size);
   INCRELORA_CHECK(size_ >= 8, where, fmt::format("it is {} bytes long, too short for the 8-byte header length; the file is "
                                    "truncated or not a safetensors file.", size_));
@@ -109,12 +110,23 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const uint64_t data_size = size_ - data_start_;
 
   ordered_json header;
+  std::string duplicate;
   try {
-    header = ordered_json::parse(bytes + 8, bytes + data_start_);
+    // JSON parsers keep the last of two equal keys without a word; a header naming a tensor twice is corrupted.
+    std::set<std::string> names;
+    header = ordered_json::parse(bytes + 8, bytes + data_start_,
+                                 [&](int depth, nlohmann::json::parse_event_t event, ordered_json& parsed) {
+                                   if (depth == 1 && event == nlohmann::json::parse_event_t::key &&
+                                       !names.insert(parsed.get<std::string>()).second && duplicate.empty()) {
+                                     duplicate = parsed.get<std::string>();
+                                   }
+                                   return true;
+                                 });
   } catch (const nlohmann::json::exception& e) {
     INCRELORA_CHECK(false, where, fmt::format("the header is not valid JSON ({}); the file is corrupted.", e.what()));
   }
   INCRELORA_CHECK(header.is_object(), where, fmt::format("the header is JSON but not an object; the file is corrupted."));
+  INCRELORA_CHECK(duplicate.empty(), where, fmt::format("the header names \"{}\" twice; the file is corrupted.", duplicate));
 
   std::vector<std::pair<uint64_t, std::string>> by_offset;
   for (const auto& [name, info] : header.items()) {

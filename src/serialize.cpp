@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <set>
+#include <type_traits>
 
 namespace increlora {
 namespace {
@@ -50,6 +51,11 @@ template <typename T>
 T json_field(const ordered_json& object, const std::string& key, const std::string& what) {
   INCRELORA_CHECK(object.is_object() && object.contains(key), what, " has no \"", key,
                   "\"; the file is corrupted or was not written by save_adapter.");
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // nlohmann converts 16.9 to 16 without a word: an integer field must hold an integer.
+    INCRELORA_CHECK(object.at(key).is_number_integer(), what, ": \"", key, "\" must be an integer, got ",
+                    object.at(key).dump(), "; the file is corrupted.");
+  }
   try {
     return object.at(key).get<T>();
   } catch (const nlohmann::json::exception& e) {
@@ -113,7 +119,8 @@ std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std:
   INCRELORA_CHECK(detail::path_exists(config_path), "load_adapter: '", dir, "' has no ", kAdapterConfig,
                   "; pass a folder written by save_adapter.");
   const auto config = read_json(config_path, "load_adapter: the adapter config");
-  INCRELORA_CHECK(config.is_object() && config.value("format", std::string()) == kAdapterFormat, what,
+  INCRELORA_CHECK(config.is_object() && config.contains("format") && config.at("format").is_string() &&
+                      config.at("format").get<std::string>() == kAdapterFormat, what,
                   " is not an increlora adapter config (its \"format\" is not \"", kAdapterFormat,
                   "\"); for a PEFT adapter use PEFT, for increlora pass a folder written by save_adapter.");
   const auto version = json_field<int64_t>(config, "format_version", what);
