@@ -423,10 +423,11 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
       }
     }
   }
+  // The live generators the saved states go to (by name; a generator this process lacks is left alone).
+  std::vector<std::pair<at::Generator, torch::Tensor>> rng_restores;
   if (restore_rng) {
-    const auto gens = generators();
-    for (size_t i = 0; i < rng.size(); ++i) {
-      for (const auto& [name, gen] : gens) {
+    for (const auto& [name, gen] : generators()) {
+      for (size_t i = 0; i < rng.size(); ++i) {
         if (name != rng[i]) continue;
         auto copy = gen;
         std::lock_guard<std::mutex> lock(copy.mutex());
@@ -436,6 +437,7 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
                         caller, ": the random generator state '", rng[i], "' has ", rng_states[i].numel(),
                         " entries but this generator's has ", current.numel(), "; the checkpoint is corrupted (or "
                         "pass restore_rng = false).");
+        rng_restores.emplace_back(gen, rng_states[i]);
       }
     }
   }
@@ -467,16 +469,9 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
     }
   }
   if (user_state != nullptr) *user_state = user;
-  if (restore_rng) {
-    const auto gens = generators();
-    for (size_t i = 0; i < rng.size(); ++i) {
-      for (const auto& [name, gen] : gens) {
-        if (name != rng[i]) continue;
-        auto g = gen;
-        std::lock_guard<std::mutex> lock(g.mutex());
-        g.set_state(rng_states[i]);
-      }
-    }
+  for (auto& [gen, saved] : rng_restores) {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(saved);
   }
   return step;
 }
