@@ -330,10 +330,23 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
   const auto groups = group_names(optimizer, model, caller);
   try {
     INCRELORA_CHECK(j.value("format", std::string()) == kStateFormat, what, " is not an increlora checkpoint state.");
-    const auto version = j.at("format_version").get<int64_t>();
+    // nlohmann converts 16.9 to 16 without a word: a count or step must be stored as an integer.
+    const auto integer = [&what](const ordered_json& object, const char* key, int64_t fallback,
+                                 bool required) -> int64_t {
+      if (!object.contains(key)) {
+        INCRELORA_CHECK(!required, what, " lacks a field or has one of the wrong type (no \"", key,
+                        "\"); the checkpoint is corrupted.");
+        return fallback;
+      }
+      const auto& v = object.at(key);
+      INCRELORA_CHECK(v.is_number_integer(), what, " lacks a field or has one of the wrong type: \"", key,
+                      "\" must be an integer, got ", v.dump(), "; the checkpoint is corrupted.");
+      return v.get<int64_t>();
+    };
+    const auto version = integer(j, "format_version", 0, true);
     INCRELORA_CHECK(version >= 1 && version <= kCheckpointFormatVersion, what, " has format_version ", version,
                     " but this increlora reads versions 1 to ", kCheckpointFormatVersion, "; update increlora.");
-    step = j.at("step").get<int64_t>();
+    step = integer(j, "step", 0, true);
     const auto& ja = j.at("allocator");
     INCRELORA_CHECK(ja.is_null() == (allocator == nullptr), caller, ": the checkpoint was saved ",
                     ja.is_null() ? "without" : "with", " a RankAllocator but one is ",
@@ -341,15 +354,15 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
     with_adapter = j.value("adapter", true);
     if (allocator != nullptr) {
       saved_layers = ja.at("layers").get<std::vector<std::string>>();
-      alloc_state.round = ja.at("round").get<int64_t>();
-      alloc_state.total_rank = ja.at("total_rank").get<int64_t>();
+      alloc_state.round = integer(ja, "round", 0, true);
+      alloc_state.total_rank = integer(ja, "total_rank", 0, true);
       alloc_state.budget_met = ja.at("budget_met").get<bool>();
-      alloc_state.armed_step = ja.at("armed_step").get<int64_t>();
-      alloc_state.last_update_step = ja.value("last_update_step", int64_t{-1});
+      alloc_state.armed_step = integer(ja, "armed_step", 0, true);
+      alloc_state.last_update_step = integer(ja, "last_update_step", -1, false);
       // Checkpoints before these fields were saved after step `step`; nothing was pending then.
-      alloc_state.last_step = ja.value("last_step", step);
+      alloc_state.last_step = integer(ja, "last_step", step, false);
       alloc_state.pending_round = ja.value("pending_round", false);
-      alloc_state.non_finite_steps = ja.value("non_finite_steps", int64_t{0});
+      alloc_state.non_finite_steps = integer(ja, "non_finite_steps", 0, false);
       alloc_state.sensitivity = file.tensor("allocator.sensitivity");
       alloc_state.uncertainty = file.tensor("allocator.uncertainty");
       std::vector<std::string> layers;
@@ -387,7 +400,7 @@ int64_t load_checkpoint(const std::string& dir_arg, torch::nn::Module& model, Ra
       set_options(kind, *scratch, jgroups[g].at("options"));
     }
     for (const auto& [name, entry] : jopt.at("state").items()) {
-      saved_steps[name] = entry.at("step").get<int64_t>();
+      saved_steps[name] = integer(entry, "step", 0, true);
       for (const auto& field : entry.at("fields").get<std::vector<std::string>>()) {
         saved_state[name][field] = file.tensor(fmt::format("optimizer.{}.{}", name, field));
       }

@@ -145,3 +145,17 @@ TEST_CASE("A checkpoint with optimizer moments or a generator state of the wrong
   CHECK(unchanged(*other, before));
   CHECK(other_optimizer.state().empty());
 }
+
+TEST_CASE("A checkpoint whose step is not an integer is refused naming the field", "[bad_inputs][checkpoint]") {
+  TempDir dir;
+  torch::manual_seed(4);
+  TinyNet net(4, 2, SVDLinearOptions(1, 1).r(1));
+  torch::optim::Adam optimizer(net->parameters(), torch::optim::AdamOptions(1e-2));
+  increlora::RankAllocator allocator(*net, increlora::RankAllocatorOptions().lora_r(1).target_rank(2).incre_interval(3));
+  increlora::save_checkpoint(dir.file("ckpt"), *net, allocator, optimizer, 7);
+  auto text = read_text(dir.file("ckpt/trainer_state.json"));
+  replace_once(text, "\"step\": 7", "\"step\": 7.5");
+  write_text(dir.file("ckpt/trainer_state.json"), text);
+  CHECK_THROWS_WITH(increlora::load_checkpoint(dir.file("ckpt"), *net, allocator, optimizer),
+                    HasSubstring("\"step\" must be an integer, got 7.5"));
+}
