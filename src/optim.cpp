@@ -16,10 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <map>
 #include <tuple>
-#include <unordered_set>
 #include <vector>
 
 namespace increlora {
@@ -28,7 +26,6 @@ namespace increlora {
 // buffers: the per-step coefficients are then a few single kernels over all of them, and each bank reads its
 // part through a view of its own shape (so the foreach kernels take same-shaped lists: ATen's fast path).
 struct SlotBucket {
-  size_t group = 0;                   // index of the optimizer's parameter group
   int64_t numel = 0;                  // elements of all its banks
   size_t banks = 0;                   // how many banks it holds
   torch::Tensor count;                // float32 [N]: Adam updates of each element's slot since it started
@@ -162,10 +159,7 @@ void FusedAdamW::track_adapter_slots(const torch::nn::Module& model, int64_t glo
       }
       auto& bucket = buckets[{it->second, static_cast<int>(param.device().type()), param.device().index(),
                               static_cast<int>(param.scalar_type())}];
-      if (!bucket) {
-        bucket = std::make_shared<SlotBucket>();
-        bucket->group = it->second;
-      }
+      if (!bucket) bucket = std::make_shared<SlotBucket>();
       bank.bucket = bucket;
       bank.offset = bucket->numel;
       bucket->numel += param.numel();
