@@ -68,8 +68,13 @@ struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
     if (const auto it = ctx->saved_data.find("sink"); it != ctx->saved_data.end()) {
       torch::NoGradGuard no_grad;
       auto sink = it->second.toTensor();
-      auto score = importance_score(dy, x2, P, coeff, Q);
-      sink.add_(score.to(sink.device(), sink.scalar_type()));
+      if (sink.dim() == 2) {
+        // Gradient accumulation: ∂L/∂ΔW = dyᵀ x summed into the sink; the score is taken from the sum.
+        sink.addmm_(dy.t().to(sink.scalar_type()), x2.to(sink.scalar_type()));
+      } else {
+        auto score = importance_score(dy, x2, P, coeff, Q);
+        sink.add_(score.to(sink.device(), sink.scalar_type()));
+      }
     }
     return {dx, dP, dlambda, dQ, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

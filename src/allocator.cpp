@@ -37,6 +37,8 @@ void check_options(const RankAllocatorOptions& o) {
                   "betas), got ", o.score_window(), ".");
   INCRELORA_CHECK(o.target_total_rank() >= 0, "RankAllocatorOptions: target_total_rank must be >= 0 (0: use "
                   "target_rank × layers), got ", o.target_total_rank(), ".");
+  INCRELORA_CHECK(o.gradient_accumulation_steps() >= 1, "RankAllocatorOptions: gradient_accumulation_steps must "
+                  "be >= 1 (got ", o.gradient_accumulation_steps(), ").");
   INCRELORA_CHECK(o.target_total_rank() > 0 || o.target_rank() >= 1, "RankAllocatorOptions: target_rank must be "
                   ">= 1 (got ", o.target_rank(), ").");
 }
@@ -70,16 +72,17 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
   const auto layers = static_cast<int64_t>(modules_.size());
   for (const auto& [name, m] : modules_) {
     INCRELORA_CHECK(!m->is_merged(), "RankAllocator: layer '", name, "' is merged; call unmerge() before training.");
-    INCRELORA_CHECK(m->rank() == options_.lora_r(), "RankAllocator: layer '", name, "' has rank ", m->rank(),
-                    " but lora_r is ", options_.lora_r(), "; build every adapted layer with r(", options_.lora_r(),
-                    ") and construct the allocator before training (restore a run with load_state).");
+    INCRELORA_CHECK(options_.start_from_current_ranks() || m->rank() == options_.lora_r(), "RankAllocator: layer '",
+                    name, "' has rank ", m->rank(), " but lora_r is ", options_.lora_r(), "; build every adapted "
+                    "layer with r(", options_.lora_r(), ") and construct the allocator before training (restore a "
+                    "run with load_state; start from imported ranks with start_from_current_ranks(true)).");
     initial_total_ += m->rank();
   }
   total_rank_ = initial_total_;
   budget_ = rank_budget(options_, layers);
   INCRELORA_CHECK(budget_ >= initial_total_, "RankAllocator: the target total rank (", budget_,
-                  ") is below the initial total rank (", layers, " layers × lora_r ", options_.lora_r(), " = ",
-                  initial_total_, "); raise target_rank/target_total_rank or lower lora_r.");
+                  ") is below the initial total rank (", initial_total_, " over ", layers, " layers); raise "
+                  "target_rank/target_total_rank", options_.start_from_current_ranks() ? "." : " or lower lora_r.");
   incre_rank_num_ = resolved_incre_rank_num(options_, layers);
 
   int64_t total_capacity = 0;
@@ -192,16 +195,54 @@ void RankAllocator::arm(int64_t global_step) {
     armed_step_ = -1;
   }
   if (armed_step_ < 0) {
+    const bool sum_gradients = options_.gradient_accumulation_steps() > 1;
+    if (sum_gradients) gradient_sums_.resize(modules_.size());
     for (size_t i = 0; i < modules_.size(); ++i) {
-      modules_[i].second->set_score_sink(accum_.select(0, static_cast<int64_t>(i)));
+      auto& m = modules_[i].second;
+      if (sum_gradients) {
+        // ∂L/∂ΔW summed over the step's backward passes; read (and zeroed) by update_and_increase.
+        const auto dtype = m->lora_A.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+        gradient_sums_[i] = torch::zeros({m->options().out_features(), m->options().in_features()},
+                                         m->lora_A.options().dtype(dtype));
+        m->set_score_sink(gradient_sums_[i]);
+      } else {
+        m->set_score_sink(accum_.select(0, static_cast<int64_t>(i)));
+      }
     }
   }
   armed_step_ = global_step;
 }
 
+void RankAllocator::set_gradient_scale(double scale) {
+  INCRELORA_CHECK(std::isfinite(scale) && scale > 0.0, "RankAllocator::set_gradient_scale: the scale must be a "
+                  "positive finite number (got ", scale, ").");
+  gradient_scale_ = scale;
+}
+
+torch::Tensor RankAllocator::read_scores() {
+  torch::NoGradGuard no_grad;
+  if (!gradient_sums_.empty()) {
+    // The score of the summed gradient, Σ|ΔW ⊙ G| / sqrt(numel), with ΔW as the forward passes used it (the
+    // optimizer has not stepped yet).
+    for (size_t i = 0; i < modules_.size(); ++i) {
+      auto& G = gradient_sums_[i];
+      const auto dw = modules_[i].second->delta_weight().to(G.scalar_type());
+      const auto score = at::linalg_vector_norm(dw * G, 1, std::nullopt, false, torch::kFloat) /
+                         std::sqrt(static_cast<double>(G.numel()));
+      accum_.select(0, static_cast<int64_t>(i)).copy_(score);
+      G.zero_();
+    }
+  }
+  auto score = accum_.clone();
+  accum_.zero_();
+  if (gradient_scale_ != 1.0) score.div_(gradient_scale_);
+  return score;
+}
+
 void RankAllocator::disarm() {
   if (armed_step_ < 0) return;
   for (auto& entry : modules_) entry.second->set_score_sink(torch::Tensor());
+  gradient_sums_.clear();
   armed_step_ = -1;
 }
 
@@ -251,10 +292,10 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
   bool scored_now = false;
   if (armed_step_ >= 0) {
     scored_now = true;
-    // The scores accumulated by the backward passes since the last call (one per micro-batch).
+    // The scores of the backward passes since the last call (from their summed gradients when they are
+    // micro-batches of one step).
     torch::NoGradGuard no_grad;
-    auto score = accum_.clone();
-    accum_.zero_();
+    auto score = read_scores();
     if (options_.reduce_scores()) options_.reduce_scores()(score);
     update_emas(std::move(score), global_step);
   }

@@ -79,12 +79,17 @@ std::vector<std::string> select_modules(const torch::nn::Module& model, const st
   return selected;
 }
 
+bool is_adapter_tensor(const std::string& name) {
+  const auto dot = name.rfind('.');
+  return name.compare(dot == std::string::npos ? 0 : dot + 1, 5, "lora_") == 0;
+}
+
 void mark_only_lora_as_trainable(torch::nn::Module& model, const std::string& bias) {
   check_bias_mode(bias);
   const auto adapted = named_svd_linears(model, /*adapters_only=*/true);
   for (auto& item : model.named_parameters()) {
     const auto& name = item.key();
-    bool trainable = name.find("lora_") != std::string::npos;
+    bool trainable = is_adapter_tensor(name);
     if (!trainable && is_bias(name)) {
       trainable = bias == "all" || (bias == "lora_only" && under_adapted_layer(name, adapted));
     }
@@ -99,12 +104,12 @@ torch::OrderedDict<std::string, torch::Tensor> lora_state_dict(const torch::nn::
   torch::OrderedDict<std::string, torch::Tensor> state;
   for (const auto& item : model.named_parameters()) {
     const auto& name = item.key();
-    const bool keep = name.find("lora_") != std::string::npos ||
+    const bool keep = is_adapter_tensor(name) ||
                       (is_bias(name) && (bias == "all" || (bias == "lora_only" && under_adapted_layer(name, adapted))));
     if (keep) state.insert(name, item.value());
   }
   for (const auto& item : model.named_buffers()) {
-    if (item.key().find("lora_") != std::string::npos) state.insert(item.key(), item.value());
+    if (is_adapter_tensor(item.key())) state.insert(item.key(), item.value());
   }
   return state;
 }

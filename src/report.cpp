@@ -1,6 +1,7 @@
 #include "increlora/report.hpp"
 
 #include "increlora/errors.hpp"
+#include "increlora/serialize.hpp"
 #include "io.hpp"
 
 #include <fmt/format.h>
@@ -143,7 +144,7 @@ void write_rank_report(const std::map<std::string, int64_t>& pattern, const std:
 }
 
 std::map<std::string, int64_t> read_rank_pattern(const std::string& adapter_dir) {
-  const auto path = detail::join_path(adapter_dir, "adapter_config.json");
+  const auto path = detail::join_path(adapter_dir, kAdapterConfigFile);
   INCRELORA_CHECK(detail::path_exists(path), "read_rank_pattern: '", adapter_dir,
                   "' has no adapter_config.json; pass a folder written by save_adapter.");
   std::map<std::string, int64_t> pattern;

@@ -11,6 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
 #include <set>
 #include <type_traits>
 
@@ -19,11 +22,7 @@ namespace {
 
 using ordered_json = nlohmann::ordered_json;
 
-constexpr const char* kAdapterTensors = "adapter.safetensors";
-constexpr const char* kAdapterConfig = "adapter_config.json";
 constexpr const char* kAdapterFormat = "increlora-adapter";
-constexpr const char* kPeftTensors = "adapter_model.safetensors";
-constexpr const char* kPeftConfig = "adapter_config.json";
 
 using detail::join_path;
 
@@ -107,16 +106,16 @@ void save_adapter(const torch::nn::Module& model, const std::string& dir, const 
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& item : state) tensors.emplace_back(item.key(), item.value());
   // The tensors first, the config last: a config always describes tensors that were fully written.
-  save_safetensors(join_path(dir, kAdapterTensors), tensors,
+  save_safetensors(join_path(dir, kAdapterTensorsFile), tensors,
                    {{"format", "pt"}, {"increlora_format", kAdapterFormat},
                     {"increlora_format_version", std::to_string(kAdapterFormatVersion)}});
-  detail::write_file_atomically(join_path(dir, kAdapterConfig), config.dump(2) + "\n");
+  detail::write_file_atomically(join_path(dir, kAdapterConfigFile), config.dump(2) + "\n");
 }
 
 std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std::string& dir) {
-  const auto config_path = join_path(dir, kAdapterConfig);
+  const auto config_path = join_path(dir, kAdapterConfigFile);
   const std::string what = fmt::format("load_adapter: the adapter config '{}'", config_path);
-  INCRELORA_CHECK(detail::path_exists(config_path), "load_adapter: '", dir, "' has no ", kAdapterConfig,
+  INCRELORA_CHECK(detail::path_exists(config_path), "load_adapter: '", dir, "' has no ", kAdapterConfigFile,
                   "; pass a folder written by save_adapter.");
   const auto config = read_json(config_path, "load_adapter: the adapter config");
   INCRELORA_CHECK(config.is_object() && config.contains("format") && config.at("format").is_string() &&
@@ -168,7 +167,7 @@ std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std:
                     "adapter was saved from.");
   }
 
-  const SafetensorsFile file(join_path(dir, kAdapterTensors));
+  const SafetensorsFile file(join_path(dir, kAdapterTensorsFile));
   const auto wanted = lora_state_dict(model, bias);
   std::set<std::string> expected;
   for (const auto& item : wanted) {
@@ -211,10 +210,6 @@ void merge_and_export(const torch::nn::Module& model, const std::string& path,
   for (const auto& [name, m] : named_svd_linears(model, /*adapters_only=*/true)) {
     adapted[name.empty() ? std::string("weight") : name + ".weight"] = m;
   }
-  const auto is_adapter_tensor = [](const std::string& name) {
-    const auto dot = name.rfind('.');
-    return name.compare(dot == std::string::npos ? 0 : dot + 1, 5, "lora_") == 0;
-  };
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   torch::NoGradGuard no_grad;
   for (const auto& item : model.named_parameters(/*recurse=*/true)) {
@@ -236,16 +231,22 @@ void merge_and_export(const torch::nn::Module& model, const std::string& path,
 }
 
 void export_peft(const torch::nn::Module& model, const std::string& dir, const std::string& base_model_prefix) {
+  export_peft(model, dir, PeftExportOptions().base_model_prefix(base_model_prefix));
+}
+
+void export_peft(const torch::nn::Module& model, const std::string& dir, const PeftExportOptions& options) {
   const auto layers = named_svd_linears(model, /*adapters_only=*/true);
   INCRELORA_CHECK(!layers.empty(), "export_peft: the model has no SVDLinear layer with an adapter (r > 0), so "
                   "there is nothing to export.");
+  const auto& base_model_prefix = options.base_model_prefix();
   const auto qualified = [&base_model_prefix](const std::string& name) {
     if (base_model_prefix.empty()) return name;
     return name.empty() ? base_model_prefix : base_model_prefix + "." + name;
   };
+  int64_t max_rank = 0;
+  for (const auto& [name, m] : layers) max_rank = std::max(max_rank, m->rank());
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   std::vector<std::pair<std::string, int64_t>> ranks;
-  int64_t max_rank = 0;
   torch::NoGradGuard no_grad;
   for (const auto& [name, m] : layers) {
     const auto module = qualified(name);
@@ -255,12 +256,35 @@ void export_peft(const torch::nn::Module& model, const std::string& dir, const s
     INCRELORA_CHECK(r >= 1, "export_peft: layer '", name, "' has rank 0, which PEFT cannot represent.");
     // A' = (λ[:r] s)[:, None] * Q[:r], B' = P[:, :r]: PEFT then computes B' A' x · (alpha / r = 1) = ΔW x.
     const auto lambda = m->lora_E.narrow(0, 0, r) * m->scale();
-    const auto A = (lambda.unsqueeze(1) * m->lora_A.narrow(0, 0, r)).contiguous();
-    const auto B = m->lora_B.narrow(1, 0, r).contiguous();
+    auto A = (lambda.unsqueeze(1) * m->lora_A.narrow(0, 0, r)).contiguous();
+    auto B = m->lora_B.narrow(1, 0, r).contiguous();
+    if (options.uniform_rank() && r < max_rank) {
+      // Zero rows of A' and columns of B' add nothing: B' A' is unchanged at the common rank.
+      A = torch::cat({A, torch::zeros({max_rank - r, A.size(1)}, A.options())}, 0);
+      B = torch::cat({B, torch::zeros({B.size(0), max_rank - r}, B.options())}, 1);
+    }
     tensors.emplace_back("base_model.model." + module + ".lora_A.weight", A);
     tensors.emplace_back("base_model.model." + module + ".lora_B.weight", B);
     ranks.emplace_back(module, r);
-    max_rank = std::max(max_rank, r);
+  }
+  // modules_to_save: every tensor under the named modules, in full, under PEFT's names.
+  std::vector<std::string> saved_modules;
+  for (const auto& module : options.modules_to_save()) {
+    INCRELORA_CHECK(!module.empty(), "export_peft: an entry of modules_to_save is empty; name a module of the model.");
+    size_t found = 0;
+    const auto add = [&](const std::string& key, const torch::Tensor& value) {
+      if (!value.defined() || is_adapter_tensor(key)) return;
+      if (key.rfind(module + ".", 0) != 0) return;
+      tensors.emplace_back("base_model.model." + qualified(key), value.detach().contiguous());
+      ++found;
+    };
+    for (const auto& item : model.named_parameters(/*recurse=*/true)) add(item.key(), item.value());
+    for (const auto& item : model.named_buffers(/*recurse=*/true)) add(item.key(), item.value());
+    INCRELORA_CHECK(found > 0, "export_peft: modules_to_save names '", module, "', but the model has no tensor "
+                    "under it; name a module by its qualified name (e.g. \"classifier\").");
+    // The qualified name: PEFT matches these as plain string suffixes of module names, so a last component
+    // alone ("dense", "out") could also catch other modules.
+    saved_modules.push_back(qualified(module));
   }
   // PEFT takes the first pattern key that matches a module name as a suffix, so the most specific names
   // (most dots, then longest) go first: "block.fc1" must not be captured by a top-level "fc1".
@@ -269,7 +293,9 @@ void export_peft(const torch::nn::Module& model, const std::string& dir, const s
     return dots(a.first) != dots(b.first) ? dots(a.first) > dots(b.first) : a.first.size() > b.first.size();
   });
   ordered_json pattern = ordered_json::object();
-  for (const auto& [module, r] : ranks) pattern[module] = r;
+  if (!options.uniform_rank()) {
+    for (const auto& [module, r] : ranks) pattern[module] = r;
+  }
   std::vector<std::string> targets;
   for (const auto& [name, m] : layers) targets.push_back(qualified(name));
   double dropout = layers.front().second->options().lora_dropout();
@@ -279,8 +305,10 @@ void export_peft(const torch::nn::Module& model, const std::string& dir, const s
 
   ordered_json config = ordered_json::object();
   config["peft_type"] = "LORA";
-  config["task_type"] = nullptr;
-  config["base_model_name_or_path"] = nullptr;
+  config["task_type"] = options.task_type().empty() ? ordered_json(nullptr) : ordered_json(options.task_type());
+  config["base_model_name_or_path"] = options.base_model_name_or_path().empty()
+                                          ? ordered_json(nullptr)
+                                          : ordered_json(options.base_model_name_or_path());
   config["inference_mode"] = true;
   config["r"] = max_rank;
   config["lora_alpha"] = max_rank;
@@ -291,13 +319,159 @@ void export_peft(const torch::nn::Module& model, const std::string& dir, const s
   config["use_rslora"] = false;
   config["use_dora"] = false;
   config["init_lora_weights"] = true;
-  config["modules_to_save"] = nullptr;
+  config["modules_to_save"] = saved_modules.empty() ? ordered_json(nullptr) : ordered_json(saved_modules);
   config["rank_pattern"] = pattern;
   config["alpha_pattern"] = pattern;
 
   detail::make_directories(dir, "export_peft");
-  save_safetensors(join_path(dir, kPeftTensors), tensors, {{"format", "pt"}});
-  detail::write_file_atomically(join_path(dir, kPeftConfig), config.dump(2) + "\n");
+  save_safetensors(join_path(dir, kPeftTensorsFile), tensors, {{"format", "pt"}});
+  detail::write_file_atomically(join_path(dir, kPeftConfigFile), config.dump(2) + "\n");
+}
+
+namespace {
+
+// PEFT's per-layer patterns: the first key that is the module's name or a dotted suffix of it.
+std::optional<double> pattern_value(const ordered_json& patterns, const std::string& module) {
+  if (!patterns.is_object()) return std::nullopt;
+  for (const auto& [key, value] : patterns.items()) {
+    if (!value.is_number()) continue;
+    if (module == key || (module.size() > key.size() && module.compare(module.size() - key.size(), key.size(), key) == 0 &&
+                          module[module.size() - key.size() - 1] == '.')) {
+      return value.get<double>();
+    }
+  }
+  return std::nullopt;
+}
+
+// ΔW = B A · scale factored as P diag(σ) Q with orthonormal P [out × r], Q [r × in] (float64): QR of B and
+// of Aᵀ, then the SVD of the r × r core.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> factor_lora(const torch::Tensor& B, const torch::Tensor& A,
+                                                                     double scale) {
+  const auto b = B.to(torch::kCPU, torch::kDouble), a = A.to(torch::kCPU, torch::kDouble);
+  const auto [qb, rb] = at::linalg_qr(b);        // B = Qb Rb
+  const auto [qa, ra] = at::linalg_qr(a.t());    // Aᵀ = Qa Ra
+  const auto core = torch::mm(rb, ra.t()) * scale;  // B A s = Qb (Rb Raᵀ s) Qaᵀ
+  const auto [u, sigma, vh] = at::linalg_svd(core, /*full_matrices=*/false);
+  return {torch::mm(qb, u), sigma, torch::mm(vh, qa.t())};
+}
+
+}  // namespace
+
+PeftImport import_peft(torch::nn::Module& model, const std::string& dir, const std::string& base_model_prefix) {
+  const auto config_path = join_path(dir, kPeftConfigFile);
+  INCRELORA_CHECK(detail::path_exists(config_path), "import_peft: '", dir, "' has no ", kPeftConfigFile,
+                  "; pass a folder written by a PEFT adapter's save_pretrained.");
+  const auto config = read_json(config_path, "import_peft: the PEFT config");
+  const std::string what = "import_peft: " + config_path;
+  const auto type = json_field<std::string>(config, "peft_type", what);
+  INCRELORA_CHECK(type == "LORA" || type == "ADALORA", what, " has peft_type \"", type, "\"; only LORA and ADALORA "
+                  "adapters can start an IncreLoRA adapter.");
+  const auto flag = [&](const char* key) { return config.contains(key) && config.at(key).is_boolean() && config.at(key).get<bool>(); };
+  INCRELORA_CHECK(!flag("use_dora"), what, ": a DoRA adapter (use_dora) has a magnitude vector IncreLoRA has no "
+                  "place for; merge it into the base model instead.");
+  INCRELORA_CHECK(!flag("fan_in_fan_out"), what, ": fan_in_fan_out adapters (GPT-2's Conv1D) are not supported.");
+  const double lora_alpha = json_field<double>(config, "lora_alpha", what);
+  const bool rslora = flag("use_rslora");
+  const ordered_json alpha_pattern = config.contains("alpha_pattern") ? config.at("alpha_pattern") : ordered_json();
+  double ranknum = 0;
+  if (type == "ADALORA") ranknum = static_cast<double>(json_field<int64_t>(config, "init_r", what));
+
+  const auto tensors_path = join_path(dir, kPeftTensorsFile);
+  const SafetensorsFile file(tensors_path);
+  const std::string root = "base_model.model." + (base_model_prefix.empty() ? "" : base_model_prefix + ".");
+  std::map<std::string, std::map<std::string, std::string>> adapter_keys;  // module → {A, B, E} → file key
+  std::vector<std::pair<std::string, std::string>> full;                  // model name → file key
+  for (const auto& key : file.names()) {
+    INCRELORA_CHECK(key.rfind(root, 0) == 0, what, ": tensor '", key, "' is not under '", root, "'; pass the "
+                    "base_model_prefix the adapter's names carry (the C++ model is the part of the Python model "
+                    "under it).");
+    const auto name = key.substr(root.size());
+    bool adapter = false;
+    for (const char* part : {"lora_A", "lora_B", "lora_E"}) {
+      for (const std::string suffix : {std::string(".") + part + ".weight", std::string(".") + part}) {
+        if (!adapter && name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+          adapter_keys[name.substr(0, name.size() - suffix.size())][part] = key;
+          adapter = true;
+        }
+      }
+    }
+    if (!adapter) full.emplace_back(name, key);
+  }
+
+  // Check everything, then copy.
+  struct Planned {
+    std::shared_ptr<SVDLinearImpl> layer;
+    torch::Tensor P, lambda, Q;
+  };
+  std::vector<std::pair<std::string, Planned>> planned;
+  PeftImport result;
+  result.peft_type = type;
+  for (const auto& [name, m] : named_svd_linears(model, /*adapters_only=*/true)) {
+    const auto it = adapter_keys.find(name);
+    INCRELORA_CHECK(it != adapter_keys.end(), what, " has no adapter for the model's layer '", name, "' (",
+                    tensors_path, " holds ", adapter_keys.size(), " adapted layers); adapt the same layers as the "
+                    "PEFT adapter did.");
+    const auto& parts = it->second;
+    const bool has_e = parts.count("lora_E") > 0;
+    INCRELORA_CHECK(parts.count("lora_A") && parts.count("lora_B") && has_e == (type == "ADALORA"), what,
+                    ": layer '", name, "' lacks ", type == "ADALORA" ? "one of lora_A, lora_B, lora_E" : "lora_A or lora_B",
+                    "; the file is incomplete.");
+    const auto A = file.tensor(parts.at("lora_A")).to(torch::kDouble);
+    const auto B = file.tensor(parts.at("lora_B")).to(torch::kDouble);
+    const int64_t r = A.dim() == 2 ? A.size(0) : -1;
+    INCRELORA_CHECK(A.dim() == 2 && B.dim() == 2 && A.size(1) == m->options().in_features() &&
+                        B.size(0) == m->options().out_features() && B.size(1) == r,
+                    what, ": layer '", name, "' has lora_A ", shape_string(A.sizes()), " and lora_B ",
+                    shape_string(B.sizes()), " but the layer is ", m->options().in_features(), " -> ",
+                    m->options().out_features(), "; import it into the model it was trained on.");
+    INCRELORA_CHECK(r <= m->capacity(), what, ": layer '", name, "' has rank ", r, " but its capacity is ",
+                    m->capacity(), "; build the layers with capacity(", r, ") or more (plus room to grow).");
+    const double target_scale = m->options().lora_alpha() / (static_cast<double>(r) + 1e-5);  // SVDLinear::scale at r
+    Planned p{m, {}, {}, {}};
+    if (type == "ADALORA") {
+      const auto E = file.tensor(parts.at("lora_E")).to(torch::kDouble).reshape({-1});
+      INCRELORA_CHECK(E.numel() == r, what, ": layer '", name, "' has lora_E of ", E.numel(), " values for rank ", r,
+                      "; the file is corrupted.");
+      const double scale = lora_alpha / (ranknum + 1e-5);
+      p.P = B, p.Q = A, p.lambda = E * (scale / target_scale);
+    } else if (r > 0) {
+      const double alpha = pattern_value(alpha_pattern, name).value_or(lora_alpha);
+      const double scale = rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+      auto [P, sigma, Q] = factor_lora(B, A, scale);
+      p.P = P, p.Q = Q, p.lambda = sigma / target_scale;
+    } else {
+      p.P = B, p.Q = A, p.lambda = torch::zeros({0}, torch::kDouble);
+    }
+    planned.emplace_back(name, std::move(p));
+    adapter_keys.erase(it);
+  }
+  INCRELORA_CHECK(adapter_keys.empty(), what, " adapts '", adapter_keys.empty() ? "" : adapter_keys.begin()->first,
+                  "', which is not an adapted layer of the model; adapt the same layers as the PEFT adapter did.");
+  std::map<std::string, torch::Tensor> model_tensors;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) model_tensors[item.key()] = item.value();
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) model_tensors[item.key()] = item.value();
+  for (const auto& [name, key] : full) {
+    const auto it = model_tensors.find(name);
+    INCRELORA_CHECK(it != model_tensors.end(), what, ": the adapter saves '", name, "' in full (modules_to_save), "
+                    "but the model has no such tensor; import it into the model it was trained on.");
+    const auto shape = file.shape(key);
+    INCRELORA_CHECK(it->second.sizes().vec() == shape, what, ": '", name, "' is ", shape_string(shape),
+                    " in the adapter but ", shape_string(it->second.sizes()), " in the model (a head for another "
+                    "number of labels?).");
+  }
+
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : planned) {
+    const auto& bank = p.layer->lora_A;
+    p.layer->assign(p.P.to(bank.options()), p.lambda.to(bank.options()), p.Q.to(bank.options()));
+    result.ranks[name] = p.layer->rank();
+  }
+  for (const auto& [name, key] : full) {
+    auto& target = model_tensors.at(name);
+    target.copy_(file.tensor(key).to(target.options()));
+    result.full_tensors.push_back(name);
+  }
+  return result;
 }
 
 }  // namespace increlora

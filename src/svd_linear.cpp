@@ -3,6 +3,7 @@
 #include "increlora/detail/adapter_function.hpp"
 #include "increlora/errors.hpp"
 
+#include <ATen/autocast_mode.h>
 #include <torch/nn/functional/dropout.h>
 #include <torch/nn/functional/linear.h>
 #include <torch/nn/init.h>
@@ -177,22 +178,26 @@ double SVDLinearImpl::reserve_lambda() const {
   return kReserveLambda * (static_cast<double>(active_) + kRankEpsilon) / (initial + kRankEpsilon);
 }
 
-void SVDLinearImpl::check_input(const torch::Tensor& input) const {
+void SVDLinearImpl::check_input(const torch::Tensor& input, bool autocast) const {
   INCRELORA_CHECK(input.defined() && input.dim() >= 1, "SVDLinear: expected an input tensor of shape [..., ",
                   options_.in_features(), "], got ", input.defined() ? "a scalar" : "an undefined tensor", ".");
   INCRELORA_CHECK(input.size(-1) == options_.in_features(), "SVDLinear: the input's last dimension is ",
                   input.size(-1), " (shape ", input.sizes(), ") but in_features is ", options_.in_features(),
                   "; pass inputs of shape [..., ", options_.in_features(), "] or build the layer with in_features(",
                   input.size(-1), ").");
-  INCRELORA_CHECK(input.scalar_type() == weight.scalar_type(), "SVDLinear: the input is ", input.scalar_type(),
-                  " but the weight is ", weight.scalar_type(), "; convert one of them (module->to(",
-                  input.scalar_type(), ") or input.to(", weight.scalar_type(), ")).");
+  // Under autocast the base product and the adapter branch run in autocast's dtype whatever the input's.
+  INCRELORA_CHECK(input.scalar_type() == weight.scalar_type() || (autocast && input.is_floating_point()),
+                  "SVDLinear: the input is ", input.scalar_type(), " but the weight is ", weight.scalar_type(),
+                  "; convert one of them (module->to(", input.scalar_type(), ") or input.to(", weight.scalar_type(),
+                  ")), or run under autocast.");
   INCRELORA_CHECK(input.device() == weight.device(), "SVDLinear: the input is on ", input.device(),
                   " but the weight is on ", weight.device(), "; move one of them.");
 }
 
 torch::Tensor SVDLinearImpl::forward(const torch::Tensor& input) {
-  check_input(input);
+  const bool autocast = input.defined() && at::autocast::is_autocast_enabled(input.device().type());
+  check_input(input, autocast);
+  // Under autocast, linear is on the lower-precision list: it casts the input and the base weight itself.
   auto out = torch::nn::functional::linear(input, weight, bias);
   if (!has_adapter() || merged_ || in_use() == 0) return out;
   const int64_t n = in_use();
@@ -202,8 +207,10 @@ torch::Tensor SVDLinearImpl::forward(const torch::Tensor& input) {
         x, torch::nn::functional::DropoutFuncOptions().p(options_.lora_dropout()).training(true));
   }
   // The banks may be kept in float32 while the base runs in bf16/f16: the branch computes in the input's
-  // dtype and the casts' backward returns float32 gradients to the banks.
-  const auto dtype = input.scalar_type();
+  // dtype (under autocast, in autocast's dtype, as the base product) and the casts' backward returns float32
+  // gradients to the banks.
+  const auto dtype = autocast ? at::autocast::get_autocast_dtype(input.device().type()) : input.scalar_type();
+  if (x.scalar_type() != dtype) x = x.to(dtype);
   const auto P = lora_B.narrow(1, 0, n).to(dtype);
   const auto lambda_active = lora_E.narrow(0, 0, active_).to(dtype);
   const auto Q = lora_A.narrow(0, 0, n).to(dtype);
@@ -233,6 +240,33 @@ void SVDLinearImpl::unmerge() {
   torch::NoGradGuard no_grad;
   weight.sub_(delta_weight());
   merged_ = false;
+}
+
+void SVDLinearImpl::assign(const torch::Tensor& P, const torch::Tensor& lambda, const torch::Tensor& Q) {
+  INCRELORA_CHECK(has_adapter(), "SVDLinear::assign: this layer has no adapter (r = 0); build it with r(1) or more.");
+  INCRELORA_CHECK(!merged_, "SVDLinear::assign: the layer is merged; call unmerge() first.");
+  INCRELORA_CHECK(P.defined() && lambda.defined() && Q.defined() && P.dim() == 2 && lambda.dim() == 1 && Q.dim() == 2,
+                  "SVDLinear::assign: expected P [out × r], λ [r] and Q [r × in].");
+  const int64_t r = P.size(1);
+  INCRELORA_CHECK(P.size(0) == options_.out_features() && Q.size(1) == options_.in_features() && Q.size(0) == r &&
+                      lambda.size(0) == r,
+                  "SVDLinear::assign: P is ", P.sizes(), ", λ ", lambda.sizes(), " and Q ", Q.sizes(), " but the layer "
+                  "needs P [", options_.out_features(), " × r], λ [r] and Q [r × ", options_.in_features(), "].");
+  INCRELORA_CHECK(r <= capacity_, "SVDLinear::assign: rank ", r, " does not fit in capacity ", capacity_,
+                  "; build the layer with capacity(", r, ") or more.");
+  torch::NoGradGuard no_grad;
+  std::fill(lambda_start_.begin(), lambda_start_.end(), -1);
+  std::fill(factor_start_.begin(), factor_start_.end(), -1);
+  active_ = 0;
+  reserve_ = 0;
+  init_slots(0, capacity_, /*step=*/-1, /*zero_P=*/false);
+  if (r > 0) {
+    lora_B.narrow(1, 0, r).copy_(P);
+    lora_E.narrow(0, 0, r).copy_(lambda);
+    lora_A.narrow(0, 0, r).copy_(Q);
+  }
+  active_ = r;
+  write_rank_state();
 }
 
 void SVDLinearImpl::write_rank_state() {

@@ -7,8 +7,8 @@
 //   peft/                export_peft of the trained model
 //   ranks.txt            "<module> <rank>" per adapted layer
 // The module names match this Python model:
-//   fc1 = Linear(16, 32); fc2 = Linear(32, 32); block.fc1 = Linear(32, 32); out = Linear(32, 4)
-//   forward: out(tanh(block.fc1(tanh(fc2(tanh(fc1(x)))))))
+//   fc1 = Linear(16, 32); fc2 = Linear(32, 32); block.fc1 = Linear(32, 32); head = Linear(32, 4)
+//   forward: head(tanh(block.fc1(tanh(fc2(tanh(fc1(x)))))))
 #include <increlora/allocator.hpp>
 #include <increlora/modules.hpp>
 #include <increlora/regularization.hpp>
@@ -44,24 +44,48 @@ struct MlpImpl : torch::nn::Module {
     fc1 = register_module("fc1", SVDLinear(adapted(16, 32)));
     fc2 = register_module("fc2", SVDLinear(adapted(32, 32)));
     block = register_module("block", Block());
-    out = register_module("out", SVDLinear(SVDLinearOptions(32, 4)));  // r = 0: a plain Linear
+    head = register_module("head", SVDLinear(SVDLinearOptions(32, 4)));  // r = 0: a plain Linear
   }
   torch::Tensor forward(torch::Tensor x) {
     x = torch::tanh(fc1(x));
     x = torch::tanh(fc2(x));
     x = torch::tanh(block->fc1(x));
-    return out(x);
+    return head(x);
   }
-  SVDLinear fc1{nullptr}, fc2{nullptr}, out{nullptr};
+  SVDLinear fc1{nullptr}, fc2{nullptr}, head{nullptr};
   Block block{nullptr};
 };
 TORCH_MODULE(Mlp);
 
 }  // namespace
 
+// `import BASE PEFT_DIR IO`: the MLP with the base weights of BASE, its adapters started from the PEFT adapter
+// in PEFT_DIR (increlora::import_peft); writes its output on IO's "x" as IO's "y_cpp" (to IO + ".out").
+int import_mode(const std::string& base, const std::string& peft_dir, const std::string& io) {
+  Mlp model;
+  increlora::load_state_into(*model, increlora::SafetensorsFile(base), nullptr, /*strict=*/false);
+  const auto report = increlora::import_peft(*model, peft_dir);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto x = increlora::SafetensorsFile(io).tensor("x");
+  increlora::save_safetensors(io + ".out", {{"y_cpp", model->forward(x)}});
+  std::printf("imported %s:", report.peft_type.c_str());
+  for (const auto& [name, rank] : report.ranks) std::printf(" %s=%lld", name.c_str(), static_cast<long long>(rank));
+  std::printf("\n");
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 5 && std::string(argv[1]) == "import") {
+    try {
+      return import_mode(argv[2], argv[3], argv[4]);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "peft_export_fixture import: %s\n", e.what());
+      return 1;
+    }
+  }
   if (argc != 2) {
-    std::fprintf(stderr, "usage: %s OUTPUT_DIR\n", argv[0]);
+    std::fprintf(stderr, "usage: %s OUTPUT_DIR | %s import BASE PEFT_DIR IO\n", argv[0], argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
@@ -100,6 +124,8 @@ int main(int argc, char** argv) {
     increlora::save_safetensors(dir + "/io.safetensors", {{"x", probe}, {"y", model->forward(probe)}});
     increlora::merge_and_export(*model, dir + "/merged.safetensors");
     increlora::export_peft(*model, dir + "/peft");
+    increlora::export_peft(*model, dir + "/peft-uniform", increlora::PeftExportOptions().uniform_rank(true));
+    increlora::export_peft(*model, dir + "/peft-head", increlora::PeftExportOptions().modules_to_save({"head"}));
     std::ofstream ranks(dir + "/ranks.txt");
     for (const auto& [name, rank] : allocator.rank_pattern()) ranks << name << ' ' << rank << '\n';
   } catch (const std::exception& e) {

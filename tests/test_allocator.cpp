@@ -13,6 +13,7 @@ using increlora::RankAllocator;
 using increlora::RankAllocatorOptions;
 using increlora::SVDLinearOptions;
 using increlora::test::devices;
+using increlora::test::max_abs_diff;
 using increlora::test::TinyNet;
 
 namespace {
@@ -448,4 +449,68 @@ TEST_CASE("compute_orth_regu refuses a weight that is not a finite number >= 0",
   CHECK_THROWS_WITH(increlora::compute_orth_regu(*net, std::nan("")), HasSubstring("regu_weight must be"));
   CHECK_THROWS_WITH(increlora::compute_orth_regu(*net, -0.1), HasSubstring("regu_weight must be"));
   CHECK_NOTHROW(increlora::compute_orth_regu(*net, 0.0));
+}
+
+TEST_CASE("Gradient accumulation: micro-batches score as the one big batch they make up", "[allocator][accumulation]") {
+  const auto device_name = GENERATE(from_range(devices()));
+  const torch::Device device(device_name);
+  INFO("device " << device_name);
+  torch::manual_seed(3);
+  TinyNet net(6, 3, SVDLinearOptions(1, 1).r(1).lora_alpha(2).capacity(4));
+  net->to(device);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& layer : net->fc) layer->lora_E.normal_();
+  }
+  const auto opts = torch::TensorOptions().device(device);
+  const auto x = torch::randn({8, 6}, opts), target = torch::randn({8, 6}, opts);
+  const auto options = RankAllocatorOptions().lora_r(1).target_rank(2).incre_interval(10).top_h(1).exact_scoring(true);
+  // Each run from the same adapter, one allocator each: what they score at step 0 is compared.
+  const auto scores_of = [&](int64_t micro_batches, double loss_scale) {
+    RankAllocator allocator(*net, RankAllocatorOptions(options).gradient_accumulation_steps(micro_batches));
+    for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
+    const int64_t rows = 8 / micro_batches;
+    for (int64_t k = 0; k < micro_batches; ++k) {
+      const auto xs = x.narrow(0, k * rows, rows), ts = target.narrow(0, k * rows, rows);
+      ((net->forward(xs) - ts).pow(2).mean() * (loss_scale / static_cast<double>(micro_batches))).backward();
+    }
+    if (loss_scale != 1.0) allocator.set_gradient_scale(loss_scale);
+    const auto grad = net->fc[1]->lora_B.grad().clone();
+    allocator.update_and_increase(*net, 0);
+    return std::make_pair(allocator.scores(), grad / loss_scale);
+  };
+  const auto [big, big_grad] = scores_of(1, 1.0);
+  const auto [accumulated, accumulated_grad] = scores_of(4, 1.0);
+  CHECK(big.min().item<float>() > 0.0f);
+  CHECK_ALLCLOSE(accumulated_grad, big_grad, 1e-5, 1e-7);  // the gradients are the big batch's...
+  CHECK_ALLCLOSE(accumulated, big, 1e-4, 1e-12);           // ...and so are the scores
+  // Summing per-micro-batch scores instead (|g1| + |g2| ≠ |g1 + g2|) would not give the big batch's.
+  RankAllocator per_pass(*net, options);
+  for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
+  for (int64_t k = 0; k < 4; ++k) {
+    ((net->forward(x.narrow(0, 2 * k, 2)) - target.narrow(0, 2 * k, 2)).pow(2).mean() / 4.0).backward();
+  }
+  per_pass.update_and_increase(*net, 0);
+  CHECK(max_abs_diff(per_pass.scores(), big) > 1e-3 * big.abs().max().item<double>());
+  // fp16 loss scaling: scores of a loss × 1024 divided back by set_gradient_scale.
+  const auto [scaled, scaled_grad] = scores_of(2, 1024.0);
+  CHECK_ALLCLOSE(scaled, big, 1e-4, 1e-12);
+  CHECK_THROWS_WITH(per_pass.set_gradient_scale(0.0), HasSubstring("positive finite"));
+  CHECK_THROWS_WITH(RankAllocator(*net, RankAllocatorOptions(options).gradient_accumulation_steps(0)),
+                    HasSubstring("gradient_accumulation_steps must be >= 1"));
+}
+
+TEST_CASE("start_from_current_ranks grows from imported ranks to the budget", "[allocator][import]") {
+  torch::manual_seed(4);
+  TinyNet net(4, 3, SVDLinearOptions(1, 1).r(1).capacity(8));
+  net->fc[0]->assign(torch::randn({4, 3}), torch::rand({3}), torch::randn({3, 4}));
+  const auto options = RankAllocatorOptions().lora_r(1).target_total_rank(9).incre_interval(2).top_h(2)
+                           .incre_rank_num(1).total_step(20);
+  CHECK_THROWS_WITH(RankAllocator(*net, options), HasSubstring("start_from_current_ranks(true)"));
+  RankAllocator allocator(*net, RankAllocatorOptions(options).start_from_current_ranks(true));
+  CHECK(allocator.total_rank() == 5);
+  CHECK(allocator.planned_rounds() == 2);
+  train(net, allocator, 10);
+  CHECK(allocator.total_rank() == 9);
+  CHECK(allocator.budget_met());
 }

@@ -4,6 +4,8 @@
 
 #include <increlora/detail/adapter_function.hpp>
 
+#include <ATen/autocast_mode.h>
+
 #include <nlohmann/json.hpp>
 #include <torch/nn/functional/linear.h>
 #include <torch/optim/adam.h>
@@ -413,4 +415,63 @@ TEST_CASE("SVDLinear wrapping a Linear takes the Linear's dtype for its banks", 
   CHECK(wrapped->lora_slot_state.scalar_type() == torch::kLong);
   CHECK(wrapped->weight.data_ptr() == linear->weight.data_ptr());
   CHECK_NOTHROW(wrapped(torch::randn({2, 4}, torch::kDouble)));
+}
+
+TEST_CASE("assign() sets the incremental matrix to the given triplets", "[svd_linear][assign]") {
+  torch::manual_seed(8);
+  SVDLinear layer(SVDLinearOptions(6, 5).r(1).lora_alpha(4).capacity(5));
+  layer->set_reserve(2);
+  const auto P = torch::randn({5, 3}, torch::kDouble), lambda = torch::rand({3}, torch::kDouble);
+  const auto Q = torch::randn({3, 6}, torch::kDouble);
+  layer->assign(P, lambda, Q);
+  CHECK(layer->rank() == 3);
+  CHECK(layer->reserve_rank() == 0);
+  CHECK(layer->lambda_start() == std::vector<int64_t>(5, -1));
+  const auto expected = torch::mm(P * lambda.unsqueeze(0), Q) * (4.0 / (3 + 1e-5));
+  CHECK_ALLCLOSE(layer->delta_weight().to(torch::kDouble), expected, 1e-5, 1e-6);
+  CHECK(layer->lora_E.narrow(0, 3, 2).abs().sum().item<double>() == 0.0);  // the rest unused, λ = 0
+  CHECK_THROWS_WITH(layer->assign(torch::randn({5, 6}), torch::rand({6}), torch::randn({6, 6})),
+                    HasSubstring("does not fit in capacity 5"));
+  CHECK_THROWS_WITH(layer->assign(torch::randn({4, 2}), torch::rand({2}), torch::randn({2, 6})),
+                    HasSubstring("needs P [5 × r]"));
+}
+
+TEST_CASE("Under autocast, a float32 layer computes in the autocast dtype with float32 gradients",
+          "[svd_linear][autocast]") {
+  const auto device_name = GENERATE(from_range(devices()));
+  const torch::Device device(device_name);
+  const auto dtype = GENERATE(torch::kBFloat16, torch::kHalf);
+  if (device.is_cpu() && dtype == torch::kHalf) return;  // CPU autocast is bf16
+  INFO("device " << device_name << ", dtype " << dtype);
+  torch::manual_seed(9);
+  SVDLinear layer(SVDLinearOptions(64, 48).r(2).lora_alpha(8));
+  layer->to(device);
+  {
+    torch::NoGradGuard no_grad;
+    layer->lora_E.normal_();
+  }
+  const auto x = torch::randn({16, 64}, torch::TensorOptions().device(device));
+  auto reference = layer(x);
+  reference.pow(2).sum().backward();
+  const auto ref_grad_A = layer->lora_A.grad().clone(), ref_grad_E = layer->lora_E.grad().clone();
+  layer->zero_grad();
+
+  const auto type = device.type();
+  const bool was_enabled = at::autocast::is_autocast_enabled(type);
+  const auto was_dtype = at::autocast::get_autocast_dtype(type);
+  at::autocast::set_autocast_enabled(type, true);
+  at::autocast::set_autocast_dtype(type, dtype);
+  auto y = layer(x);
+  at::autocast::set_autocast_enabled(type, was_enabled);
+  at::autocast::set_autocast_dtype(type, was_dtype);
+  at::autocast::clear_cache();
+  CHECK(y.scalar_type() == dtype);
+  y.to(torch::kFloat).pow(2).sum().backward();
+  CHECK(layer->lora_A.grad().scalar_type() == torch::kFloat);
+  CHECK_ALLCLOSE(y.to(torch::kFloat), reference.detach(), 2e-2, 5e-2);
+  const double scale_A = ref_grad_A.abs().max().item<double>(), scale_E = ref_grad_E.abs().max().item<double>();
+  CHECK(increlora::test::max_abs_diff(layer->lora_A.grad(), ref_grad_A) < 3e-2 * scale_A);
+  CHECK(increlora::test::max_abs_diff(layer->lora_E.grad(), ref_grad_E) < 3e-2 * scale_E);
+  // Outside autocast a dtype mismatch is still refused.
+  CHECK_THROWS_WITH(layer(x.to(dtype)), HasSubstring("or run under autocast"));
 }

@@ -66,6 +66,14 @@ struct RankAllocatorOptions {
   TORCH_ARG(bool, random_allocation) = false;
   /// Seed of `random_allocation`'s draws.
   TORCH_ARG(uint64_t, random_seed) = 0;
+  /// Backward passes per optimizer step (micro-batches of gradient accumulation). With more than one, a scored
+  /// step sums ∂L/∂ΔW over its backward passes in an [out × in] float32 buffer per layer and takes the score
+  /// once from the sum, so that it equals one big batch's (summing per-pass scores would not: |Σ g| ≠ Σ |g|).
+  /// The buffers exist only while scoring.
+  TORCH_ARG(int64_t, gradient_accumulation_steps) = 1;
+  /// Start from the layers' current ranks (e.g. an adapter imported with `import_peft`) instead of requiring
+  /// every adapted layer at lora_r: the budget then grows from their sum.
+  TORCH_ARG(bool, start_from_current_ranks) = false;
   /// Called with the per-layer score vector (float32, one entry per adapted layer, on the model's device)
   /// before the EMA update. Under several processes, all-reduce it here (see distributed.hpp) so that every
   /// process makes the same allocation.
@@ -154,6 +162,11 @@ class RankAllocator {
   /// The same without the optimizer check.
   std::vector<AllocationEvent> update_and_increase(torch::nn::Module& model, int64_t global_step);
 
+  /// The backward passes of the step being scored ran on a loss multiplied by `scale` (fp16 loss scaling):
+  /// its scores are divided by it when the next `update_and_increase` reads them. Set it before that call, at
+  /// every step whose scale changed; it stays in force until changed.
+  void set_gradient_scale(double scale);
+
   /// Qualified layer name → current rank.
   std::map<std::string, int64_t> rank_pattern() const;
   int64_t total_rank() const { return total_rank_; }
@@ -189,6 +202,7 @@ class RankAllocator {
   std::vector<int64_t> allocation_order(const float* scores) const;
   void log(const std::string& line) const;
   void update_emas(torch::Tensor score, int64_t global_step);
+  torch::Tensor read_scores();
   void check_plan() const;
 
   RankAllocatorOptions options_;
@@ -205,6 +219,8 @@ class RankAllocator {
   int64_t armed_step_ = -1;
   int64_t last_update_step_ = -1;
   torch::Tensor accum_;        // [layers] float32 on the model's device: Σ S of the armed step
+  std::vector<torch::Tensor> gradient_sums_;  // per layer [out × in] Σ ∂L/∂ΔW (gradient accumulation only)
+  double gradient_scale_ = 1.0;
   torch::Tensor sensitivity_;  // Ī
   torch::Tensor uncertainty_;  // Ū
   torch::Tensor finite_;       // 0-dim bool on the device: the last EMA update's scores were finite

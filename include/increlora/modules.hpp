@@ -30,11 +30,16 @@ bool matches_pattern(const std::string& name, const std::string& pattern);
 /// registration order. Throws when a pattern matches nothing, listing the candidate names.
 std::vector<std::string> select_modules(const torch::nn::Module& model, const std::vector<std::string>& patterns);
 
-/// Freezes every parameter whose name has no "lora_" in it. `bias`: "none" (biases frozen), "all" (every
+/// Whether a qualified tensor name is an adapter tensor: its last component starts with "lora_" (the banks
+/// lora_A, lora_E, lora_B and the rank buffers lora_ranknum, lora_slot_state, ...). The one rule every function
+/// here, the adapter files and the exports use.
+bool is_adapter_tensor(const std::string& qualified_name);
+
+/// Freezes every parameter that is not an adapter tensor (`is_adapter_tensor`). `bias`: "none" (biases frozen), "all" (every
 /// bias trainable) or "lora_only" (biases of layers with an adapter trainable), as in loralib.
 void mark_only_lora_as_trainable(torch::nn::Module& model, const std::string& bias = "none");
 
-/// The adapter's tensors by qualified name: every parameter and buffer with "lora_" in its name, plus the
+/// The adapter's tensors by qualified name: every adapter parameter and buffer (`is_adapter_tensor`), plus the
 /// biases `bias` selects ("none", "all", "lora_only"), as in loralib.
 torch::OrderedDict<std::string, torch::Tensor> lora_state_dict(const torch::nn::Module& model,
                                                                 const std::string& bias = "none");

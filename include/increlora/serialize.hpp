@@ -3,17 +3,26 @@
 /// Adapters that last: saving and restoring an IncreLoRA adapter (safetensors + JSON, never a pickle), and
 /// exporting it as merged weights or as a plain LoRA adapter in PEFT's format.
 
+#include <torch/arg.h>
 #include <torch/nn/module.h>
 
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace increlora {
 
 /// The version of the adapter_config.json layout `save_adapter` writes; `load_adapter` reads this version
 /// and older ones and refuses newer ones.
 inline constexpr int64_t kAdapterFormatVersion = 1;
+
+/// The files of an adapter folder (`save_adapter`, `load_adapter`, checkpoints) and of a PEFT adapter folder
+/// (`export_peft`, `import_peft`): their one home.
+inline constexpr const char* kAdapterTensorsFile = "adapter.safetensors";
+inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
+inline constexpr const char* kPeftTensorsFile = "adapter_model.safetensors";
+inline constexpr const char* kPeftConfigFile = "adapter_config.json";
 
 /// Saves the adapter of `model` into the folder `dir` (created if needed):
 ///   * `adapter.safetensors`: every tensor of `lora_state_dict(model, bias)` by qualified name (the banks
@@ -46,6 +55,27 @@ std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std:
 void merge_and_export(const torch::nn::Module& model, const std::string& path,
                       const std::map<std::string, std::string>& metadata = {});
 
+/// Options of `export_peft`, named after the adapter_config.json fields they fill.
+struct PeftExportOptions {
+  /// Prepended (with a dot) to every module name, for a C++ model that is a part of the Python one (e.g.
+  /// "bert" for the encoder of a BertForSequenceClassification).
+  TORCH_ARG(std::string, base_model_prefix) = "";
+  /// PEFT's task type ("SEQ_CLS", "QUESTION_ANS", "SEQ_2_SEQ_LM", ...); empty writes null (a bare PeftModel).
+  TORCH_ARG(std::string, task_type) = "";
+  /// The base checkpoint the adapter belongs to (a local directory or a hub id); empty writes null.
+  /// `peft.AutoPeftModel*.from_pretrained(dir)` loads the base model from here.
+  TORCH_ARG(std::string, base_model_name_or_path) = "";
+  /// Modules trained in full beside the adapter (PEFT's modules_to_save), by their qualified name in `model`
+  /// ("classifier", "bert.pooler"): every tensor under them is written in full, and the config lists them by
+  /// qualified name (PEFT matches the entries as string suffixes of module names: avoid names that end other
+  /// modules' names, such as "out", which also ends "lora_dropout").
+  TORCH_ARG(std::vector<std::string>, modules_to_save) = {};
+  /// Every layer at the largest rank, the smaller ones zero-padded, with lora_alpha = r and no rank or alpha
+  /// pattern: one r and one scaling for all adapters, for serving engines that stack adapters. The output is
+  /// the same; the file is larger.
+  TORCH_ARG(bool, uniform_rank) = false;
+};
+
 /// Exports the adapter as a standard LoRA adapter in PEFT's format into the folder `dir`:
 ///   * `adapter_model.safetensors` with, per adapted layer m of rank r,
 ///     `base_model.model.<prefix><m>.lora_A.weight` = (λ[:r] s)[:, None] * Q[:r]   [r × in]
@@ -56,7 +86,31 @@ void merge_and_export(const torch::nn::Module& model, const std::string& path,
 ///     rank_pattern = alpha_pattern = {m: r_m}, so that PEFT's scaling lora_alpha / r is 1 for every layer.
 /// `base_model_prefix` is prepended (with a dot) to every module name, for a C++ model that is a part of
 /// the Python one (e.g. "bert" for the encoder of a BertForSequenceClassification).
-/// Then `peft.PeftModel.from_pretrained(python_model, dir)` computes what the C++ model computes.
+/// Then `peft.PeftModel.from_pretrained(python_model, dir)` computes what the C++ model computes. See
+/// `PeftExportOptions` for the task type, the base model, the modules trained in full and a uniform rank.
+void export_peft(const torch::nn::Module& model, const std::string& dir, const PeftExportOptions& options);
 void export_peft(const torch::nn::Module& model, const std::string& dir, const std::string& base_model_prefix = "");
+
+/// What `import_peft` did.
+struct PeftImport {
+  std::string peft_type;                ///< "LORA" or "ADALORA"
+  std::map<std::string, int64_t> ranks;  ///< module → rank it starts from
+  std::vector<std::string> full_tensors;  ///< tensors copied in full (the modules_to_save), by qualified name
+};
+
+/// Starts `model`'s adapters from a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), so
+/// that IncreLoRA keeps growing an adapter trained elsewhere:
+///   * LoRA: each layer's ΔW = B A · scale (lora_alpha / r, per-layer rank and alpha patterns, rsLoRA's
+///     lora_alpha / sqrt(r)) is factored through QR and an r × r SVD into r triplets with orthonormal P and Q
+///     (the SVD form IncreLoRA's regularizer expects), λ absorbing the scale, so the output is the adapter's;
+///   * AdaLoRA: its P (lora_B), Λ (lora_E) and Q (lora_A) are the banks' slots, λ rescaled from AdaLoRA's
+///     lora_alpha / (ranknum + 1e-5) (ranknum = init_r) to the layer's scale.
+/// Tensors the adapter saved in full (modules_to_save, biases) are copied into the module of the same name.
+/// Names are the file's without "base_model.model." and `base_model_prefix` (plus a dot). Every layer of the
+/// model with an adapter must be in the file, with room for its rank; everything is checked before anything is
+/// copied, and a mismatch throws naming the layer or tensor. The layers start at the imported ranks with no
+/// reserve and every slot counted as trained from the start; build the allocator with
+/// `RankAllocatorOptions::start_from_current_ranks(true)` to keep growing them.
+PeftImport import_peft(torch::nn::Module& model, const std::string& dir, const std::string& base_model_prefix = "");
 
 }  // namespace increlora

@@ -130,8 +130,18 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   /// Returns the new rank. Throws when the module is merged or has no room.
   int64_t grow(int64_t count, int64_t step, int64_t reserve_after);
 
-  /// Attaches a 0-dim float32 tensor to which each backward adds this module's importance score, or
-  /// detaches it (undefined tensor): scoring costs an extra matrix product, so it runs only when asked.
+  /// Replaces the incremental matrix with the r = P.size(1) triplets given (P [out × r], λ [r], Q [r × in],
+  /// any floating dtype and device): slots [0, r) become active with these values, the others unused with
+  /// fresh random P and Q and λ = 0, no reserve, every start step -1 (trained from the start). The layer then
+  /// computes W x + b + P diag(λ) Q x · scale(), with scale() for rank r. Throws when r exceeds the capacity,
+  /// the shapes do not fit, or the layer is merged.
+  void assign(const torch::Tensor& P, const torch::Tensor& lambda, const torch::Tensor& Q);
+
+  /// Attaches a float32 tensor to which each backward adds this module's importance score, or detaches it
+  /// (undefined tensor): scoring costs an extra matrix product, so it runs only when asked. A 0-dim sink
+  /// receives the score Σ|ΔW ⊙ ∂L/∂ΔW| / sqrt(numel ΔW) of each backward; an [out × in] sink receives ∂L/∂ΔW
+  /// itself (summed over backward passes, for gradient accumulation: the score is then taken once from the
+  /// sum, as for one big batch).
   void set_score_sink(torch::Tensor sink) { score_sink_ = std::move(sink); }
   const torch::Tensor& score_sink() const { return score_sink_; }
 
@@ -168,7 +178,7 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   void resize_reserve(int64_t count, int64_t step);
   /// Fresh slots [first, first + n): Q ~ N(0, 0.02²), P likewise or 0, λ = 0, P/Q training from `step`.
   void init_slots(int64_t first, int64_t n, int64_t step, bool zero_P);
-  void check_input(const torch::Tensor& input) const;
+  void check_input(const torch::Tensor& input, bool autocast) const;
 
   SVDLinearOptions options_;
   int64_t capacity_ = 0;
