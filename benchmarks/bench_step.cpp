@@ -4,7 +4,7 @@
 //
 //   bench_step --model bert-base --dtype bf16 --device cuda --phase scoring --steps 100 --out scoring.json
 //
-// The step is what examples/glue.cpp does at every optimizer step, without data loading and logging:
+// The step is what apps/glue does at every optimizer step, without data loading and logging:
 // gradients zeroed, forward (classification head, cross-entropy on random labels) + compute_orth_regu and
 // backward (through increlora::GraphedStep), allocator.update_and_increase, AdamW step.
 //
@@ -15,8 +15,9 @@
 //   after_budget  every adapter is built at rank 2 and the target is 2: the budget is met at construction, no
 //                 step scores; this is the state most of a run spends its steps in, at the final rank.
 //   frozen_forward  forward only, eval mode, no_grad: the floor the training step is compared with.
-#include <bert.hpp>
+#include <increlora/models/bert.hpp>
 
+#include <increlora/apps/flags.hpp>
 #include <increlora/increlora.hpp>
 
 #include <ATen/DeviceAccelerator.h>
@@ -70,14 +71,8 @@ struct Args {
   std::string out;
 };
 
-const char* kUsage =
-    "usage: bench_step [--model bert-base|minilm] [--dtype fp32|bf16] [--device cpu|cuda]\n"
-    "                  [--phase scoring|after_budget|frozen_forward] [--batch 32] [--seq 128]\n"
-    "                  [--warmup 10] [--steps 50] [--rank 2] [--lora_dropout 0.1] [--lr 1e-4]\n"
-    "                  [--optimizer fused|loop] [--graphs on|off]\n"
-    "                  [--layers N] [--tiny] [--breakdown] [--threads N] [--seed 0]\n"
-    "                  [--out result.json]\n"
-    "--breakdown also synchronises between the parts of the step and reports each part's median (zero_grad +\n"
+const char* kNotes =
+    "\n--breakdown also synchronises between the parts of the step and reports each part's median (zero_grad +\n"
     "forward + loss + backward, allocator, optimizer step); the step times of such a run include those waits.\n"
     "--graphs on (the default) runs forward + loss + backward through increlora::GraphedStep: captured as CUDA\n"
     "graphs on a CUDA device (rows increlora_<phase>; eager on a CPU); off runs them eagerly everywhere (rows\n"
@@ -85,45 +80,36 @@ const char* kUsage =
 
 Args parse(int argc, char** argv) {
   Args a;
-  auto need = [&](int& i, const std::string& name) -> std::string {
-    if (i + 1 >= argc) throw std::invalid_argument("--" + name + " needs a value");
-    return argv[++i];
-  };
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    if (arg.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument '" + arg + "'\n" + kUsage);
-    const std::string name = arg.substr(2);
-    if (name == "model") a.model = need(i, name);
-    else if (name == "dtype") a.dtype = need(i, name);
-    else if (name == "device") a.device = need(i, name);
-    else if (name == "phase") a.phase = need(i, name);
-    else if (name == "batch") a.batch = std::stoll(need(i, name));
-    else if (name == "seq") a.seq = std::stoll(need(i, name));
-    else if (name == "warmup") a.warmup = std::stoll(need(i, name));
-    else if (name == "steps") a.steps = std::stoll(need(i, name));
-    else if (name == "layers") a.layers = std::stoll(need(i, name));
-    else if (name == "rank") a.rank = std::stoll(need(i, name));
-    else if (name == "lora_alpha") a.lora_alpha = std::stod(need(i, name));
-    else if (name == "lora_dropout") a.lora_dropout = std::stod(need(i, name));
-    else if (name == "optimizer") a.optimizer = need(i, name);
-    else if (name == "graphs") {
-      const auto v = need(i, name);
-      if (v != "on" && v != "off") throw std::invalid_argument("--graphs: on or off");
-      a.graphs = v == "on";
-    }
-    else if (name == "lr") a.lr = std::stod(need(i, name));
-    else if (name == "reg_orth_coef") a.reg_orth_coef = std::stod(need(i, name));
-    else if (name == "seed") a.seed = std::stoll(need(i, name));
-    else if (name == "threads") a.threads = std::stoll(need(i, name));
-    else if (name == "out") a.out = need(i, name);
-    else if (name == "tiny") a.tiny = true;
-    else if (name == "breakdown") a.breakdown = true;
-    else throw std::invalid_argument("unknown flag " + arg + "\n" + kUsage);
+  std::string graphs = "on";
+  increlora::apps::Flags f("bench_step");
+  f.add("model", &a.model, "bert-base or minilm (the encoder's shape)");
+  f.add("dtype", &a.dtype, "fp32 or bf16 (the frozen weights and the compute; the banks stay float32)");
+  f.add("device", &a.device, "cpu or cuda");
+  f.add("phase", &a.phase, "scoring, after_budget or frozen_forward");
+  f.add("batch", &a.batch, "sequences per step");
+  f.add("seq", &a.seq, "tokens per sequence");
+  f.add("warmup", &a.warmup, "untimed steps first");
+  f.add("steps", &a.steps, "timed steps");
+  f.add("layers", &a.layers, "> 0 overrides the model's layer count");
+  f.add("tiny", &a.tiny, "a tiny encoder of the model's structure (the CPU smoke test)");
+  f.add("breakdown", &a.breakdown, "also time the parts of the step (adds synchronisations)");
+  f.add("rank", &a.rank, "the final average rank (PEFT LoRA's r)");
+  f.add("lora_alpha", &a.lora_alpha, "adapter scale numerator");
+  f.add("lora_dropout", &a.lora_dropout, "dropout on the adapter branch's input");
+  f.add("optimizer", &a.optimizer, "fused (increlora::FusedAdamW) or loop (torch::optim::AdamW)");
+  f.add("graphs", &graphs, "on or off: forward + backward through increlora::GraphedStep");
+  f.add("lr", &a.lr, "learning rate");
+  f.add("reg_orth_coef", &a.reg_orth_coef, "weight of the orthogonality regularizer");
+  f.add("seed", &a.seed, "random seed");
+  f.add("threads", &a.threads, "> 0: intra-op CPU threads");
+  f.add("out", &a.out, "write the result JSON here");
+  f.parse(argc, argv);
+  if (f.help()) {
+    std::fputs((f.usage() + kNotes).c_str(), stdout);
+    std::exit(0);
   }
+  if (graphs != "on" && graphs != "off") throw std::invalid_argument("--graphs: on or off (got '" + graphs + "')");
+  a.graphs = graphs == "on";
   if (a.model != "bert-base" && a.model != "minilm") throw std::invalid_argument("--model: bert-base or minilm");
   if (a.dtype != "fp32" && a.dtype != "bf16") throw std::invalid_argument("--dtype: fp32 or bf16");
   if (a.phase != "scoring" && a.phase != "after_budget" && a.phase != "frozen_forward") {
@@ -190,9 +176,9 @@ int run(const Args& a) {
     lora.r = scoring ? 1 : a.rank;
     lora.lora_alpha = a.lora_alpha;
     lora.lora_dropout = a.lora_dropout;
-    // examples/glue.cpp's default capacity: the banks (and so AdamW's work) are what a GLUE run has.
-    const int64_t reserve = std::max<int64_t>(1, a.rank / 2);
-    lora.capacity = std::max<int64_t>(16, 4 * a.rank + reserve);
+    // The glue program's default capacity (the library's sizing for this target): the banks, and so AdamW's
+    // work, are what a GLUE run has. It depends on the average target rank per layer, not the layer count.
+    lora.capacity = increlora::recommended_capacity(increlora::RankAllocatorOptions().target_rank(a.rank), 1);
   }
   increlora::bert::SequenceClassifier model(config, /*num_labels=*/2, lora);
   std::vector<std::string> trainable_names;
@@ -277,7 +263,7 @@ int run(const Args& a) {
     loss.backward();
     return loss;
   };
-  // The step as examples/glue.cpp runs it: forward + backward captured once per rank state and replayed (on a
+  // The step as apps/glue runs it: forward + backward captured once per rank state and replayed (on a
   // CUDA device; eager on the CPU), the allocator and the optimizer eager between them.
   increlora::GraphedStep graphed(*model, forward_backward, increlora::GraphedStepOptions().enabled(a.graphs));
   auto step = [&](int64_t global_step) {

@@ -6,6 +6,7 @@
 // prints the learned rank pattern beside the true ranks and both held-out losses.
 //
 //   demo [--device cpu|cuda] [--steps N] [--seed S] [--out DIR] [--exact_scoring]
+#include <increlora/apps/flags.hpp>
 #include <increlora/increlora.hpp>
 #include <increlora/report.hpp>
 
@@ -118,29 +119,21 @@ int main(int argc, char** argv) {
   std::string device_name = "cpu", out_dir = "demo-output";
   int64_t steps = 800, seed = 0;
   bool exact_scoring = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--exact_scoring") {
-      exact_scoring = true;
-      continue;
-    }
-    if (i + 1 >= argc) {
-      fmt::print(stderr, "{} needs a value; usage: demo [--device cpu|cuda] [--steps N] [--seed S] [--out DIR] [--exact_scoring]\n", flag);
-      return 2;
-    }
-    const std::string value = argv[++i];
-    if (flag == "--device") {
-      device_name = value;
-    } else if (flag == "--steps") {
-      steps = std::atoll(value.c_str());
-    } else if (flag == "--seed") {
-      seed = std::atoll(value.c_str());
-    } else if (flag == "--out") {
-      out_dir = value;
-    } else {
-      fmt::print(stderr, "unknown flag {}; usage: demo [--device cpu|cuda] [--steps N] [--seed S] [--out DIR] [--exact_scoring]\n", flag);
-      return 2;
-    }
+  increlora::apps::Flags flags("demo");
+  flags.add("device", &device_name, "cpu or cuda");
+  flags.add("steps", &steps, "training steps of each run");
+  flags.add("seed", &seed, "random seed of the teacher, the data and the students");
+  flags.add("out", &out_dir, "folder for the report (results.json, the rank heatmap)");
+  flags.add("exact_scoring", &exact_scoring, "score importance at every step, as the original does");
+  try {
+    flags.parse(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "demo: {}\n{}", e.what(), flags.usage());
+    return 2;
+  }
+  if (flags.help()) {
+    fmt::print("{}", flags.usage());
+    return 0;
   }
   if (device_name != "cpu" && device_name != "cuda") {
     fmt::print(stderr, "--device must be cpu or cuda (got {})\n", device_name);

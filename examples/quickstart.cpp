@@ -3,6 +3,7 @@
 // pattern printed.
 //
 //   quickstart [--steps N] [--device cpu|cuda]
+#include <increlora/apps/flags.hpp>
 #include <increlora/increlora.hpp>
 
 #include <torch/cuda.h>
@@ -44,15 +45,18 @@ TORCH_MODULE(BigModel);
 int main(int argc, char** argv) {
   int64_t total_step = 400;
   std::string device_name = "cpu";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--steps") == 0) {
-      total_step = std::atoll(argv[i + 1]);
-    } else if (std::strcmp(argv[i], "--device") == 0) {
-      device_name = argv[i + 1];
-    } else {
-      fmt::print(stderr, "unknown flag {}; usage: quickstart [--steps N] [--device cpu|cuda]\n", argv[i]);
-      return 2;
-    }
+  increlora::apps::Flags flags("quickstart");
+  flags.add("steps", &total_step, "training steps");
+  flags.add("device", &device_name, "cpu or cuda");
+  try {
+    flags.parse(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "quickstart: {}\n{}", e.what(), flags.usage());
+    return 2;
+  }
+  if (flags.help()) {
+    fmt::print("{}", flags.usage());
+    return 0;
   }
   if (device_name == "cuda" && !torch::cuda::is_available()) {
     fmt::print(stderr, "--device cuda: no CUDA device is available\n");

@@ -5,6 +5,7 @@
 // Reads ADAPTER_DIR/adapter_config.json (written by increlora::save_adapter), prints the rank per module and
 // writes rank_pattern.json, rank_pattern.csv and rank_heatmap.svg (layers × module types) into OUTPUT_DIR
 // (default: ADAPTER_DIR).
+#include <increlora/apps/flags.hpp>
 #include <increlora/report.hpp>
 
 #include <fmt/format.h>
@@ -15,25 +16,22 @@
 #include <vector>
 
 int main(int argc, char** argv) {
-  std::vector<std::string> positional;
-  std::string title;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--title" && i + 1 < argc) {
-      title = argv[++i];
-    } else if (arg == "-h" || arg == "--help") {
-      fmt::print("usage: {} ADAPTER_DIR [OUTPUT_DIR] [--title TEXT]\n", argv[0]);
-      return 0;
-    } else {
-      positional.push_back(arg);
-    }
-  }
-  if (positional.empty() || positional.size() > 2) {
-    fmt::print(stderr, "usage: {} ADAPTER_DIR [OUTPUT_DIR] [--title TEXT]\n", argv[0]);
+  std::string adapter, output, title;
+  increlora::apps::Flags flags("rank_report");
+  flags.positional("ADAPTER_DIR", &adapter, "a folder written by increlora::save_adapter", /*required=*/true);
+  flags.positional("OUTPUT_DIR", &output, "where the report goes (default: ADAPTER_DIR)", /*required=*/false);
+  flags.add("title", &title, "the heatmap's title");
+  try {
+    flags.parse(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "rank_report: {}\n{}", e.what(), flags.usage());
     return 2;
   }
-  const std::string adapter = positional[0];
-  const std::string output = positional.size() == 2 ? positional[1] : adapter;
+  if (flags.help()) {
+    fmt::print("{}", flags.usage());
+    return 0;
+  }
+  if (output.empty()) output = adapter;
   try {
     const auto pattern = increlora::read_rank_pattern(adapter);
     int64_t total = 0;

@@ -47,4 +47,4 @@ if [ "$has_data_dir" -eq 0 ] && [ -n "$task" ]; then
   if [ -n "$folder" ] && [ -d "$data" ]; then args+=(--data_dir "$data"); fi
 fi
 
-exec "$BUILD/examples/glue" "${args[@]}"
+exec "$BUILD/apps/glue" "${args[@]}"

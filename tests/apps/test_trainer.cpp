@@ -1,0 +1,123 @@
+// The shared trainer on a small synthetic task: gradient accumulation equals the big batch (eagerly and
+// through GraphedStep), the data order is run_glue's, and the outputs of a run.
+#include "support.hpp"
+
+#include <increlora/apps/trainer.hpp>
+
+#include <torch/nn/functional/loss.h>
+#include <torch/nn/modules/linear.h>
+
+#include "temp_dir.hpp"
+
+#include <filesystem>
+#include <set>
+
+using increlora::test::TempDir;
+
+namespace {
+
+struct RegressorImpl : torch::nn::Module {
+  RegressorImpl() {
+    for (int i = 0; i < 3; ++i) {
+      fc.push_back(register_module("fc" + std::to_string(i),
+                                   increlora::SVDLinear(increlora::SVDLinearOptions(8, 8).r(1).lora_alpha(4).capacity(8))));
+    }
+    head = register_module("head", torch::nn::Linear(8, 1));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& layer : fc) x = torch::tanh(layer(x));
+    return head(x).squeeze(1);
+  }
+  std::vector<increlora::SVDLinear> fc;
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(Regressor);
+
+struct Run {
+  std::map<std::string, int64_t> ranks;
+  std::vector<torch::Tensor> params;
+};
+
+Run train(int64_t batch, int64_t accumulation, const std::string& out, const std::string& device_name) {
+  const torch::Device device(device_name);
+  torch::manual_seed(7);
+  const auto x = torch::randn({40, 8}), y = torch::randn({40});
+  Regressor model;
+  model->to(device);
+  increlora::apps::TrainerOptions o;
+  o.program = "test";
+  o.output_dir = out;
+  o.device = device;
+  o.train_batch_size = batch;
+  o.gradient_accumulation_steps = accumulation;
+  o.total_steps = 16;
+  o.learning_rate = 1e-2;
+  o.warmup_steps = 2;
+  o.logging_steps = 4;
+  o.eval_steps = 6;
+  o.main_metric = "neg_mse";
+  o.head_prefixes = {"head."};
+  o.cuda_graphs = device.is_cuda();
+  o.allocator = increlora::RankAllocatorOptions().lora_r(1).target_rank(3).init_warmup(2).incre_interval(2).top_h(1);
+  increlora::apps::Trainer trainer(*model, o);
+  increlora::apps::TrainingTask task;
+  task.num_examples = 40;
+  task.collate = [&](const std::vector<size_t>& idx) {
+    std::vector<int64_t> rows(idx.begin(), idx.end());
+    const auto index = torch::tensor(rows);
+    return std::vector<torch::Tensor>{x.index_select(0, index).to(device), y.index_select(0, index).to(device)};
+  };
+  task.loss = [&](const std::vector<torch::Tensor>& in) {
+    return torch::nn::functional::mse_loss(model->forward(in[0]), in[1]);
+  };
+  task.evaluate = [&] {
+    return increlora::apps::Metrics{{"neg_mse", -torch::nn::functional::mse_loss(model->forward(x.to(device)),
+                                                                                y.to(device)).item<double>()}};
+  };
+  const auto result = trainer.train(task, /*print=*/false);
+  trainer.write_outputs(result, "test", {{"task", "synthetic"}});
+  Run run;
+  run.ranks = trainer.allocator()->rank_pattern();
+  for (const auto& p : model->parameters()) {
+    if (p.requires_grad()) run.params.push_back(p.detach().to(torch::kCPU).clone());
+  }
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("The trainer's gradient accumulation equals the batch it adds up to", "[apps][trainer][accumulation]") {
+  const auto device = GENERATE(from_range(increlora::test::devices()));
+  INFO("device " << device);
+  TempDir dir;
+  const auto big = train(8, 1, dir.file("big"), device);
+  const auto accumulated = train(2, 4, dir.file("accumulated"), device);
+  CHECK(big.ranks == accumulated.ranks);
+  REQUIRE(big.params.size() == accumulated.params.size());
+  for (size_t i = 0; i < big.params.size(); ++i) CHECK_ALLCLOSE(accumulated.params[i], big.params[i], 1e-4, 1e-5);
+  // The outputs of a finished run.
+  for (const char* f : {"metrics.json", "log.jsonl", "rank_pattern.json", "rank_heatmap.svg", "training_curves.svg",
+                        "adapter/adapter.safetensors", "adapter/head.safetensors"}) {
+    INFO(f);
+    CHECK(std::filesystem::exists(dir.file(std::string("big/") + f)));
+  }
+}
+
+TEST_CASE("The sampler shuffles each epoch from one seeded generator and restores its state", "[apps][trainer]") {
+  increlora::apps::EpochSampler a(10, 3), b(10, 3);
+  std::set<size_t> seen;
+  for (int k = 0; k < 3; ++k) {
+    for (auto i : a.next(4)) seen.insert(i);
+  }
+  CHECK(seen.size() == 10);  // batches of 4, 4, 2: the epoch's last batch is short
+  CHECK(a.epoch() == 0);
+  CHECK(a.next(4).size() == 4);
+  CHECK(a.epoch() == 1);
+  for (int k = 0; k < 4; ++k) b.next(4);
+  b.load_state(a.state());
+  CHECK(a.next(4) == b.next(4));
+  CHECK(increlora::apps::steps_per_epoch(10, 4, 1) == 3);
+  CHECK(increlora::apps::steps_per_epoch(10, 4, 2) == 2);
+  increlora::apps::EpochSampler other(9, 3);
+  CHECK_THROWS_WITH(other.load_state(a.state()), HasSubstring("covers 10 examples but this run has 9"));
+}

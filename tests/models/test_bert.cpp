@@ -1,0 +1,145 @@
+// The encoder equals Hugging Face transformers on the same checkpoint and inputs (fp32, atol 1e-4): BertModel
+// on all-MiniLM-L6-v2, BertForSequenceClassification's logits, and a small RobertaModel; adapters start as a
+// no-op; the seed's short module names select the right layers.
+#include "support.hpp"
+
+#include <increlora/models/bert.hpp>
+
+#include <increlora/safetensors.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+namespace bert = increlora::bert;
+
+namespace {
+
+std::string reference_dir() { return INCRELORA_BERT_REFERENCE_DIR; }
+
+increlora::SafetensorsFile reference(const std::string& name) {
+  const auto path = reference_dir() + "/" + name;
+  INFO("reference file " << path << " (written by the ctest fixture bert_reference: run ctest, or "
+                                    "tests/models/make_reference.py)");
+  REQUIRE(std::filesystem::exists(path));
+  return increlora::SafetensorsFile(path);
+}
+
+bert::LoraSettings all_seed_modules(int64_t r) {
+  bert::LoraSettings lora;
+  lora.patterns = bert::lora_patterns_from_short_names(
+      {"query", "key", "value", "intermediate", "layer.output", "attention.output"});
+  lora.r = r;
+  lora.lora_alpha = 16;
+  return lora;
+}
+
+}  // namespace
+
+TEST_CASE("BertModel equals transformers' BertModel on all-MiniLM-L6-v2", "[bert][encoder][reference]") {
+  const auto ref = reference("minilm_bert.safetensors");
+  const auto config = bert::BertConfig::from_json_file(std::string(INCRELORA_MINILM_DIR) + "/config.json");
+  CHECK(config.hidden_size == 384);
+  CHECK(config.num_hidden_layers == 6);
+  // r = 0 everywhere (plain Linear layers) and r = 1 on the seed's modules: λ = 0, so ΔW = 0 at the start.
+  const int64_t r = GENERATE(0, 1);
+  INFO("lora r = " << r);
+  bert::BertModel model(config, all_seed_modules(r));
+  const auto load = bert::load_pretrained(*model, INCRELORA_MINILM_DIR);
+  for (const auto& n : load.initialized) CHECK(n.find("lora_") != std::string::npos);
+  CHECK(load.ignored == std::vector<std::string>{"embeddings.position_ids"});
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto out = model(ref.tensor("input_ids"), ref.tensor("attention_mask"), ref.tensor("token_type_ids"));
+  CHECK_ALLCLOSE(out.last_hidden_state, ref.tensor("last_hidden_state"), 0.0, 1e-4);
+  CHECK_ALLCLOSE(out.pooler_output, ref.tensor("pooler_output"), 0.0, 1e-4);
+}
+
+TEST_CASE("SequenceClassifier loads a BertForSequenceClassification checkpoint and gives its logits",
+          "[bert][encoder][reference]") {
+  const auto inputs = reference("minilm_bert.safetensors");
+  const auto dir = reference_dir() + "/classifier";
+  const auto logits = reference("classifier/logits.safetensors").tensor("logits");
+  const auto config = bert::BertConfig::from_json_file(dir + "/config.json");
+  bert::SequenceClassifier model(config, 3, all_seed_modules(1));
+  const auto load = bert::load_pretrained(*model, dir);
+  for (const auto& n : load.initialized) CHECK(n.find("lora_") != std::string::npos);  // the head was in the file
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto got = model(inputs.tensor("input_ids"), inputs.tensor("attention_mask"), inputs.tensor("token_type_ids"));
+  CHECK_ALLCLOSE(got, logits, 0.0, 1e-4);
+}
+
+TEST_CASE("A RoBERTa checkpoint gives transformers' RobertaModel outputs", "[bert][encoder][reference]") {
+  const auto ref = reference("roberta/outputs.safetensors");
+  const auto dir = reference_dir() + "/roberta";
+  const auto config = bert::BertConfig::from_json_file(dir + "/config.json");
+  CHECK(config.is_roberta());
+  bert::BertModel model(config);
+  bert::load_pretrained(*model, dir);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto out = model(ref.tensor("input_ids"), ref.tensor("attention_mask"));
+  CHECK_ALLCLOSE(out.last_hidden_state, ref.tensor("last_hidden_state"), 0.0, 1e-4);
+  CHECK_ALLCLOSE(out.pooler_output, ref.tensor("pooler_output"), 0.0, 1e-4);
+}
+
+TEST_CASE("The seed's short module names adapt the matching layers and nothing else", "[bert][encoder]") {
+  auto config = bert::BertConfig();
+  config.hidden_size = 32, config.num_attention_heads = 4, config.intermediate_size = 64, config.num_hidden_layers = 2;
+  config.vocab_size = 50, config.max_position_embeddings = 16;
+  bert::SequenceClassifier model(config, 2, all_seed_modules(1));
+  std::set<std::string> adapted;
+  for (const auto& [name, layer] : increlora::named_svd_linears(*model)) adapted.insert(name);
+  std::set<std::string> expected;
+  for (const std::string l : {"0", "1"}) {
+    const auto p = "bert.encoder.layer." + l + ".";
+    for (const std::string m : {"attention.self.query", "attention.self.key", "attention.self.value",
+                                "attention.output.dense", "intermediate.dense", "output.dense"}) {
+      expected.insert(p + m);
+    }
+  }
+  CHECK(adapted == expected);
+  // r = 0 layers carry no adapter tensors at all.
+  for (const auto& p : model->named_parameters()) {
+    if (p.key().rfind("bert.pooler.", 0) == 0) CHECK(p.key().find("lora_") == std::string::npos);
+  }
+  // "layer.output" is the layer's own output.dense, not attention.output.dense.
+  bert::LoraSettings only_output;
+  only_output.patterns = bert::lora_patterns_from_short_names({"layer.output"});
+  only_output.r = 2;
+  bert::BertModel just(config, only_output);
+  std::vector<std::string> names;
+  for (const auto& [name, layer] : increlora::named_svd_linears(*just)) names.push_back(name);
+  CHECK(names == std::vector<std::string>{"encoder.layer.0.output.dense", "encoder.layer.1.output.dense"});
+  // Qualified names and regexes pass through.
+  CHECK(bert::lora_patterns_from_short_names({"pooler.dense", "re:.*query"}) ==
+        std::vector<std::string>{"pooler.dense", "re:.*query"});
+}
+
+TEST_CASE("Config and checkpoint errors say what to change", "[bert][encoder][errors]") {
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"model_type": "gpt2"})"),
+                    HasSubstring("model_type \"gpt2\" is not a BERT-family encoder"));
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"hidden_size": "big"})"),
+                    HasSubstring("the field \"hidden_size\" has the wrong type"));
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"position_embedding_type": "relative_key"})"),
+                    HasSubstring("only \"absolute\" position embeddings"));
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_file("/nonexistent/config.json"),
+                    HasSubstring("pass a Hugging Face checkpoint directory"));
+
+  const auto dir = std::filesystem::temp_directory_path() / "increlora_bert_pickle_only";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "pytorch_model.bin") << "not really a pickle";
+  bert::BertConfig small;
+  small.hidden_size = 8, small.num_attention_heads = 2, small.intermediate_size = 16, small.num_hidden_layers = 1;
+  small.vocab_size = 10, small.max_position_embeddings = 8;
+  bert::BertModel model(small);
+  CHECK_THROWS_WITH(bert::load_pretrained(*model, dir.string()), HasSubstring("pickles can run code"));
+  // Not std::filesystem::remove_all: libtorch.so exports its own copy of that symbol, which crashes when
+  // our binary's call binds to it.
+  std::remove((dir / "pytorch_model.bin").c_str());
+  std::remove(dir.c_str());
+  // A checkpoint of another shape fails naming the tensor.
+  CHECK_THROWS_WITH(bert::load_pretrained(*model, INCRELORA_MINILM_DIR), HasSubstring("has shape"));
+}
