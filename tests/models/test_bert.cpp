@@ -12,6 +12,8 @@
 #include <fstream>
 #include <set>
 
+#include <unistd.h>
+
 namespace bert = increlora::bert;
 
 namespace {
@@ -142,4 +144,45 @@ TEST_CASE("Config and checkpoint errors say what to change", "[bert][encoder][er
   std::remove(dir.c_str());
   // A checkpoint of another shape fails naming the tensor.
   CHECK_THROWS_WITH(bert::load_pretrained(*model, INCRELORA_MINILM_DIR), HasSubstring("has shape"));
+}
+
+TEST_CASE("A checkpoint sharded with model.safetensors.index.json loads as the single file does",
+          "[bert][encoder][sharded]") {
+  namespace fs = std::filesystem;
+  const fs::path minilm(INCRELORA_MINILM_DIR);
+  const auto dir = fs::temp_directory_path() / ("increlora_sharded_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  // Two shards, every other tensor, and the index that maps each name to its shard (as save_pretrained writes).
+  const increlora::SafetensorsFile whole((minilm / "model.safetensors").string());
+  std::vector<std::pair<std::string, torch::Tensor>> shards[2];
+  std::string map;
+  size_t i = 0;
+  for (const auto& name : whole.names()) {
+    const auto file = i % 2 ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
+    shards[i % 2].emplace_back(name, whole.tensor(name));
+    map += std::string(map.empty() ? "" : ",") + "\"" + name + "\": \"" + file + "\"";
+    ++i;
+  }
+  increlora::save_safetensors((dir / "model-00001-of-00002.safetensors").string(), shards[0]);
+  increlora::save_safetensors((dir / "model-00002-of-00002.safetensors").string(), shards[1]);
+  std::ofstream(dir / "model.safetensors.index.json") << "{\"metadata\": {}, \"weight_map\": {" << map << "}}";
+  fs::copy_file(minilm / "config.json", dir / "config.json", fs::copy_options::overwrite_existing);
+
+  const auto config = bert::BertConfig::from_json_file((minilm / "config.json").string());
+  torch::manual_seed(1);
+  bert::BertModel single(config, all_seed_modules(1));
+  torch::manual_seed(1);
+  bert::BertModel sharded(config, all_seed_modules(1));
+  bert::load_pretrained(*single, minilm.string());
+  const auto load = bert::load_pretrained(*sharded, dir.string());
+  for (const auto& n : load.initialized) CHECK(n.find("lora_") != std::string::npos);
+  single->eval(), sharded->eval();
+  torch::NoGradGuard no_grad;
+  const auto ids = torch::randint(1000, 2000, {2, 12});
+  CHECK_ALLCLOSE(sharded(ids).last_hidden_state, single(ids).last_hidden_state, 0.0, 0.0);
+  // A shard named outside the folder is refused.
+  std::ofstream(dir / "model.safetensors.index.json") << "{\"weight_map\": {\"x\": \"../model.safetensors\"}}";
+  CHECK_THROWS_WITH(bert::load_pretrained(*sharded, dir.string()), HasSubstring("not a file of the folder"));
+  for (const auto& entry : fs::directory_iterator(dir)) fs::remove(entry.path());
+  fs::remove(dir);
 }
