@@ -39,6 +39,10 @@ void Progress::update(int64_t done, const std::string& detail) {
   drawn_ = true;
 }
 
+bool Progress::due() const {
+  return enabled_ && (!drawn_ || std::chrono::steady_clock::now() - last_draw_ >= std::chrono::milliseconds(100));
+}
+
 void Progress::clear() {
   if (!enabled_ || !drawn_) return;
   std::fputs("\r\033[K", stderr);

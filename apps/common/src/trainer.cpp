@@ -480,7 +480,8 @@ TrainResult Trainer::train(TrainingTask& task, bool print) {
       s.loss_sum = s.reg_sum = torch::Tensor();
       s.loss_count = 0;
     }
-    if (progress.enabled()) {
+    // The loss is read (a host-device sync) only when the line is redrawn, not at every step.
+    if (progress.due()) {
       progress.update(done, fmt::format("epoch {} loss {:.4f} lr {:.3g} rank {}/{}", s.sampler.epoch(),
                                         loss.item<double>(), lr, total_rank(), budget()));
     }

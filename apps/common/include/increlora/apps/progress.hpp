@@ -21,6 +21,8 @@ class Progress {
 
   /// `done` units so far (absolute), with optional text after the counters ("loss 0.41 rank 40/72").
   void update(int64_t done, const std::string& detail = "");
+  /// Whether an update now would redraw the line: build an expensive `detail` (one that reads the GPU) only then.
+  bool due() const;
   /// Clears the line, so that a log line can be printed; the next update redraws it.
   void clear();
   /// Clears the line for good.
