@@ -36,3 +36,8 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/increloraConfigVers
   COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/increloraConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/increloraConfigVersion.cmake DESTINATION ${INCRELORA_CMAKE_DIR})
+# The models component links SentencePiece (privately, but a static library passes it on): its find module goes
+# beside the config, which finds it for consumers.
+if(TARGET increlora_models)
+  install(FILES cmake/FindSentencePiece.cmake DESTINATION ${INCRELORA_CMAKE_DIR})
+endif()

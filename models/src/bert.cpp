@@ -315,6 +315,22 @@ std::vector<std::string> SequenceClassifierImpl::head_prefixes() const {
   return {"classifier.", base_name + ".pooler."};
 }
 
+QuestionAnsweringImpl::QuestionAnsweringImpl(const BertConfig& c, const LoraSettings& lora)
+    : config(c), base_name(c.is_roberta() ? "roberta" : "bert") {
+  base = register_module(base_name, BertModel(c, lora, /*add_pooling_layer=*/false, base_name + "."));
+  qa_outputs = register_module("qa_outputs", torch::nn::Linear(c.hidden_size, 2));
+  torch::NoGradGuard no_grad;  // as Hugging Face's _init_weights
+  qa_outputs->weight.normal_(0.0, c.initializer_range);
+  qa_outputs->bias.zero_();
+}
+
+std::pair<torch::Tensor, torch::Tensor> QuestionAnsweringImpl::forward(const torch::Tensor& input_ids,
+                                                                       const torch::Tensor& attention_mask,
+                                                                       const torch::Tensor& token_type_ids) {
+  const auto logits = qa_outputs(base(input_ids, attention_mask, token_type_ids).last_hidden_state);
+  return {logits.select(2, 0), logits.select(2, 1)};
+}
+
 // ---- checkpoint loading ------------------------------------------------------------------------------------
 
 PretrainedLoad load_pretrained(torch::nn::Module& model, const std::string& dir) {
@@ -384,7 +400,7 @@ PretrainedLoad load_pretrained(torch::nn::Module& model, const std::string& dir)
   std::vector<std::string> missing_encoder;
   for (const auto& [n, count] : missing_count) {
     if (count < shards.size()) continue;
-    const bool head = starts_with(n, "classifier.") || starts_with(n, prefix + "pooler.");
+    const bool head = starts_with(n, "classifier.") || starts_with(n, "qa_outputs.") || starts_with(n, prefix + "pooler.");
     if (increlora::is_adapter_tensor(n) || head) {
       result.initialized.push_back(n);
     } else {
@@ -434,7 +450,7 @@ void save_merged_pretrained(const torch::nn::Module& model, const std::string& b
   };
   write("config.json", config.dump(2) + "\n");
   for (const char* name : {"vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
-                           "vocab.json", "merges.txt"}) {
+                           "vocab.json", "merges.txt", "spm.model", "added_tokens.json"}) {
     std::ifstream in(base_dir + "/" + name, std::ios::binary);
     if (!in) continue;
     std::ostringstream text;

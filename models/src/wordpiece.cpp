@@ -84,43 +84,43 @@ void lowercase(char32_t c, std::u32string& out) {
 
 namespace detail {
 
+size_t utf8_next(const std::string& text, size_t i, char32_t& c) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  const unsigned char b = s[i];
+  size_t len = 0;
+  if (b < 0x80) {
+    c = b;
+    return 1;
+  } else if ((b & 0xE0) == 0xC0) {
+    len = 2, c = b & 0x1F;
+  } else if ((b & 0xF0) == 0xE0) {
+    len = 3, c = b & 0x0F;
+  } else if ((b & 0xF8) == 0xF0) {
+    len = 4, c = b & 0x07;
+  } else {
+    c = 0xFFFD;
+    return 1;
+  }
+  bool ok = i + len <= n;
+  for (size_t k = 1; ok && k < len; ++k) {
+    ok = (s[i + k] & 0xC0) == 0x80;
+    c = (c << 6) | (s[i + k] & 0x3F);
+  }
+  if (!ok) {
+    c = 0xFFFD;
+    return 1;
+  }
+  return len;
+}
+
 std::u32string utf8_decode(const std::string& text) {
   std::u32string out;
   out.reserve(text.size());
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned char b = s[i];
-    int len = 0;
-    char32_t c = 0;
-    if (b < 0x80) {
-      out.push_back(b);
-      ++i;
-      continue;
-    } else if ((b & 0xE0) == 0xC0) {
-      len = 2, c = b & 0x1F;
-    } else if ((b & 0xF0) == 0xE0) {
-      len = 3, c = b & 0x0F;
-    } else if ((b & 0xF8) == 0xF0) {
-      len = 4, c = b & 0x07;
-    } else {
-      out.push_back(0xFFFD);
-      ++i;
-      continue;
-    }
-    bool ok = i + len <= n;
-    for (int k = 1; ok && k < len; ++k) {
-      ok = (s[i + k] & 0xC0) == 0x80;
-      c = (c << 6) | (s[i + k] & 0x3F);
-    }
-    if (!ok) {
-      out.push_back(0xFFFD);
-      ++i;
-      continue;
-    }
+  for (size_t i = 0; i < text.size();) {
+    char32_t c;
+    i += utf8_next(text, i, c);
     out.push_back(c);
-    i += len;
   }
   return out;
 }
@@ -148,38 +148,52 @@ std::string utf8_encode(const std::u32string& text) {
   return out;
 }
 
-std::u32string normalize(const std::u32string& text, bool lower, bool strip_accents, bool chinese_chars) {
-  std::u32string cleaned;
-  cleaned.reserve(text.size());
-  for (char32_t c : text) {
-    if (c == 0 || c == 0xFFFD || is_control(c)) continue;
-    if (is_whitespace(c)) {
-      cleaned.push_back(U' ');
-    } else if (chinese_chars && is_chinese_char(c)) {
-      cleaned.push_back(U' ');
-      cleaned.push_back(c);
-      cleaned.push_back(U' ');
-    } else {
-      cleaned.push_back(c);
+void normalize_char(char32_t c, bool lower, bool strip_accents, bool chinese_chars, std::u32string& out) {
+  // Every step of BertNormalizer maps one code point to zero or more on its own, so normalising character by
+  // character equals normalising the whole text, and each output character knows the input one it came from.
+  if (c < 0x80) {  // ASCII: no accents, no CJK; the common case
+    if (c == U' ' || c == U'\t' || c == U'\n' || c == U'\r') {
+      out.push_back(U' ');
+    } else if (c >= 0x20 && c != 0x7F) {
+      out.push_back(lower && c >= U'A' && c <= U'Z' ? c + 32 : c);
     }
+    return;
   }
-  std::u32string stripped;
-  if (strip_accents) {
-    std::u32string decomposed;
-    decomposed.reserve(cleaned.size());
-    for (char32_t c : cleaned) decompose(c, decomposed);
-    stripped.reserve(decomposed.size());
-    for (char32_t c : decomposed) {
-      if (!in_ranges(kNonspacingMarkRanges, c)) stripped.push_back(c);
-    }
+  if (c == 0xFFFD || is_control(c)) return;
+  char32_t cleaned[3];
+  size_t count = 0;
+  if (is_whitespace(c)) {
+    cleaned[count++] = U' ';
+  } else if (chinese_chars && is_chinese_char(c)) {
+    cleaned[0] = U' ', cleaned[1] = c, cleaned[2] = U' ';
+    count = 3;
   } else {
-    stripped = std::move(cleaned);
+    cleaned[count++] = c;
   }
-  if (!lower) return stripped;
-  std::u32string lowered;
-  lowered.reserve(stripped.size());
-  for (char32_t c : stripped) lowercase(c, lowered);
-  return lowered;
+  std::u32string decomposed;
+  for (size_t i = 0; i < count; ++i) {
+    if (!strip_accents) {
+      decomposed.push_back(cleaned[i]);
+      continue;
+    }
+    std::u32string parts;
+    decompose(cleaned[i], parts);
+    for (char32_t p : parts) {
+      if (!in_ranges(kNonspacingMarkRanges, p)) decomposed.push_back(p);
+    }
+  }
+  if (!lower) {
+    out += decomposed;
+    return;
+  }
+  for (char32_t d : decomposed) lowercase(d, out);
+}
+
+std::u32string normalize(const std::u32string& text, bool lower, bool strip_accents, bool chinese_chars) {
+  std::u32string out;
+  out.reserve(text.size());
+  for (char32_t c : text) normalize_char(c, lower, strip_accents, chinese_chars, out);
+  return out;
 }
 
 }  // namespace detail
@@ -248,12 +262,15 @@ const std::string& WordPieceTokenizer::id_to_token(int64_t id) const {
   return id_to_token_[static_cast<size_t>(id)];
 }
 
-void WordPieceTokenizer::wordpiece(const std::u32string& word, std::vector<std::string>& out) const {
+void WordPieceTokenizer::wordpiece(const std::u32string& word, std::vector<std::string>& out,
+                                   std::vector<std::pair<size_t, size_t>>* ranges) const {
   if (static_cast<int64_t>(word.size()) > options_.max_input_chars_per_word) {
     out.push_back(options_.unk_token);
+    if (ranges) ranges->emplace_back(0, word.size());
     return;
   }
   std::vector<std::string> pieces;
+  std::vector<std::pair<size_t, size_t>> piece_ranges;
   size_t start = 0;
   while (start < word.size()) {
     size_t end = word.size();
@@ -269,38 +286,64 @@ void WordPieceTokenizer::wordpiece(const std::u32string& word, std::vector<std::
     }
     if (found.empty()) {
       out.push_back(options_.unk_token);
+      if (ranges) ranges->emplace_back(0, word.size());
       return;
     }
     pieces.push_back(std::move(found));
+    piece_ranges.emplace_back(start, end);
     start = end;
   }
   for (auto& p : pieces) out.push_back(std::move(p));
+  if (ranges) ranges->insert(ranges->end(), piece_ranges.begin(), piece_ranges.end());
 }
 
-void WordPieceTokenizer::tokenize_plain(const std::u32string& raw, std::vector<std::string>& out) const {
+void WordPieceTokenizer::tokenize_plain(const std::string& text, size_t begin, size_t end,
+                                        std::vector<std::string>& out, std::vector<Offset>* offsets) const {
   const bool strip = options_.strip_accents.value_or(options_.do_lower_case);
-  const auto text = detail::normalize(raw, options_.do_lower_case, strip, options_.tokenize_chinese_chars);
+  // The normalised characters and, for each, the input bytes of the character it came from.
+  std::u32string normalized;
+  std::vector<Offset> source;
+  for (size_t i = begin; i < end;) {
+    char32_t c;
+    const size_t len = detail::utf8_next(text, i, c);
+    detail::normalize_char(c, options_.do_lower_case, strip, options_.tokenize_chinese_chars, normalized);
+    if (offsets) source.resize(normalized.size(), Offset(static_cast<int64_t>(i), static_cast<int64_t>(i + len)));
+    i += len;
+  }
   std::u32string word;
+  size_t word_start = 0;  // index of the word's first character in `normalized`
+  std::vector<std::pair<size_t, size_t>> ranges;
   auto flush = [&] {
-    if (!word.empty()) wordpiece(word, out);
+    if (!word.empty()) {
+      ranges.clear();
+      wordpiece(word, out, offsets ? &ranges : nullptr);
+      if (offsets) {
+        for (const auto& [first, last] : ranges) {
+          offsets->emplace_back(source[word_start + first].first, source[word_start + last - 1].second);
+        }
+      }
+    }
     word.clear();
   };
-  for (char32_t c : text) {
+  for (size_t k = 0; k < normalized.size(); ++k) {
+    const char32_t c = normalized[k];
     if (is_whitespace(c)) {
       flush();
     } else if (is_punctuation(c)) {
       flush();
+      word_start = k;
       word.push_back(c);
       flush();
     } else {
+      if (word.empty()) word_start = k;
       word.push_back(c);
     }
   }
   flush();
 }
 
-std::vector<std::string> WordPieceTokenizer::tokenize(const std::string& text) const {
-  std::vector<std::string> out;
+void WordPieceTokenizer::tokenize_into(const std::string& text, std::vector<std::string>& out,
+                                       std::vector<Offset>* offsets) const {
   // Special tokens written in the text ("[SEP]") stay whole, as in BertTokenizer; the rest is split around them.
   size_t pos = 0;
   while (pos <= text.size()) {
@@ -311,12 +354,27 @@ std::vector<std::string> WordPieceTokenizer::tokenize(const std::string& text) c
       if (at < best) best = at, which = &special;
     }
     const size_t stop = best == std::string::npos ? text.size() : best;
-    tokenize_plain(detail::utf8_decode(text.substr(pos, stop - pos)), out);
+    tokenize_plain(text, pos, stop, out, offsets);
     if (best == std::string::npos) break;
     out.push_back(*which);
+    if (offsets) offsets->emplace_back(static_cast<int64_t>(best), static_cast<int64_t>(best + which->size()));
     pos = best + which->size();
   }
+}
+
+std::vector<std::string> WordPieceTokenizer::tokenize(const std::string& text) const {
+  std::vector<std::string> out;
+  tokenize_into(text, out, nullptr);
   return out;
+}
+
+models::TokenSpans WordPieceTokenizer::encode_with_offsets(const std::string& text) const {
+  std::vector<std::string> pieces;
+  models::TokenSpans spans;
+  tokenize_into(text, pieces, &spans.offsets);
+  spans.ids.reserve(pieces.size());
+  for (const auto& piece : pieces) spans.ids.push_back(token_to_id(piece));
+  return spans;
 }
 
 std::vector<int64_t> WordPieceTokenizer::encode_text(const std::string& text) const {
@@ -325,12 +383,12 @@ std::vector<int64_t> WordPieceTokenizer::encode_text(const std::string& text) co
   return ids;
 }
 
-Encoding WordPieceTokenizer::build_inputs(std::vector<int64_t> a, std::optional<std::vector<int64_t>> b,
-                                          int64_t max_length) const {
+Encoding build_pair_inputs(int64_t cls_id, int64_t sep_id, std::vector<int64_t> a,
+                           std::optional<std::vector<int64_t>> b, int64_t max_length) {
   const int64_t specials = b ? 3 : 2;
   if (max_length > 0) {
-    INCRELORA_CHECK(max_length >= specials, "WordPieceTokenizer::encode: max_length (", max_length,
-                    ") leaves no room for the ", specials, " special tokens; pass at least ", specials + 1, ".");
+    INCRELORA_CHECK(max_length >= specials, "encode: max_length (", max_length, ") leaves no room for the ",
+                    specials, " special tokens; pass at least ", specials + 1, ".");
     const auto budget = static_cast<size_t>(max_length - specials);
     if (b) {
       if (a.size() + b->size() > budget) {
@@ -348,17 +406,22 @@ Encoding WordPieceTokenizer::build_inputs(std::vector<int64_t> a, std::optional<
     }
   }
   Encoding e;
-  e.input_ids.reserve(a.size() + (b ? b->size() : 0) + specials);
-  e.input_ids.push_back(cls_id_);
+  e.input_ids.reserve(a.size() + (b ? b->size() : 0) + static_cast<size_t>(specials));
+  e.input_ids.push_back(cls_id);
   e.input_ids.insert(e.input_ids.end(), a.begin(), a.end());
-  e.input_ids.push_back(sep_id_);
+  e.input_ids.push_back(sep_id);
   e.token_type_ids.assign(e.input_ids.size(), 0);
   if (b) {
     e.input_ids.insert(e.input_ids.end(), b->begin(), b->end());
-    e.input_ids.push_back(sep_id_);
+    e.input_ids.push_back(sep_id);
     e.token_type_ids.resize(e.input_ids.size(), 1);
   }
   return e;
+}
+
+Encoding WordPieceTokenizer::build_inputs(std::vector<int64_t> a, std::optional<std::vector<int64_t>> b,
+                                          int64_t max_length) const {
+  return build_pair_inputs(cls_id_, sep_id_, std::move(a), std::move(b), max_length);
 }
 
 Encoding WordPieceTokenizer::encode(const std::string& text_a, const std::optional<std::string>& text_b,

@@ -10,6 +10,10 @@ writes into --out:
   tokens.json            BertTokenizer's ids for the shared GLUE sentences and for hand-picked hard strings,
                          single sentences and pairs, with and without truncation
   minilm_bert.safetensors  inputs and BertModel's last_hidden_state / pooler_output (fp32, eval mode)
+  offsets.json           the fast BertTokenizer's offset mapping (as UTF-8 byte ranges) of shared sentences, SQuAD
+                         questions and contexts and the hard strings
+  qa/                    a BertForQuestionAnswering checkpoint (MiniLM + a seeded random qa_outputs) and
+                         logits.safetensors with its start and end logits
   classifier/            a BertForSequenceClassification checkpoint (MiniLM + a seeded random head):
                          config.json, model.safetensors, vocab.txt, and logits.safetensors with its logits
   roberta/               a small random RobertaModel checkpoint and its outputs (roberta position ids)
@@ -23,8 +27,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import (BertConfig, BertForSequenceClassification, BertModel, BertTokenizer, RobertaConfig,
-                          RobertaModel)
+from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification, BertModel,
+                          BertTokenizer, BertTokenizerFast, RobertaConfig, RobertaModel)
 
 HARD_STRINGS = [
     "Hello, World!",
@@ -86,6 +90,24 @@ def tokens_reference(tok, data_dir):
     return out
 
 
+def offsets_reference(fast, data_dir):
+    """Token ids and byte ranges [begin, end) of each token in the UTF-8 text, without special tokens."""
+    glue = data_dir / "glue"
+    texts = [r[0] for r in read_tsv(glue / "SST-2" / "dev.tsv", [0], True)[:300]] + HARD_STRINGS
+    squad = json.loads((data_dir / "qa" / "squad_v2_sample.json").read_text(encoding="utf-8"))
+    for article in squad["data"]:
+        for para in article["paragraphs"]:
+            texts.append(para["context"])
+            texts += [qa["question"] for qa in para["qas"][:3]]
+    out = []
+    for text in texts:
+        enc = fast(text, add_special_tokens=False, return_offsets_mapping=True)
+        to_byte = lambda c: len(text[:c].encode("utf-8"))
+        out.append({"text": text, "ids": enc["input_ids"],
+                    "offsets": [[to_byte(b), to_byte(e)] for b, e in enc["offset_mapping"]]})
+    return out
+
+
 def batch(tok, texts, pairs):
     enc = tok(texts, pairs, padding=True, truncation=True, max_length=64, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
@@ -106,6 +128,8 @@ def main():
 
     tok = BertTokenizer.from_pretrained(str(args.model_dir))
     (args.out / "tokens.json").write_text(json.dumps(tokens_reference(tok, args.data_dir), ensure_ascii=False))
+    fast = BertTokenizerFast.from_pretrained(str(args.model_dir))
+    (args.out / "offsets.json").write_text(json.dumps(offsets_reference(fast, args.data_dir), ensure_ascii=False))
 
     texts = ["A gripping, funny and deeply moving film.", "it 's a charming and often affecting journey .",
              "No.", "The cat sat on the mat while the dog slept by the fire, dreaming of long walks."]
@@ -130,6 +154,18 @@ def main():
     with torch.no_grad():
         logits = clf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
     save_file({"logits": logits.contiguous()}, str(cls_dir / "logits.safetensors"))
+
+    # Extractive QA: MiniLM with a seeded random qa_outputs, saved whole; the C++ QuestionAnswering must give
+    # the same start and end logits.
+    qa_dir = args.out / "qa"
+    qa_dir.mkdir(exist_ok=True)
+    torch.manual_seed(3)
+    qa = BertForQuestionAnswering.from_pretrained(str(args.model_dir)).eval()
+    qa.save_pretrained(str(qa_dir), safe_serialization=True)
+    with torch.no_grad():
+        qa_out = qa(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    save_file({"start_logits": qa_out.start_logits.contiguous(), "end_logits": qa_out.end_logits.contiguous()},
+              str(qa_dir / "logits.safetensors"))
 
     # A small random RoBERTa: its position ids count real tokens from pad_token_id + 1.
     rob_dir = args.out / "roberta"

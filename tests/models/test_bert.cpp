@@ -73,6 +73,29 @@ TEST_CASE("SequenceClassifier loads a BertForSequenceClassification checkpoint a
   CHECK_ALLCLOSE(got, logits, 0.0, 1e-4);
 }
 
+TEST_CASE("QuestionAnswering loads a BertForQuestionAnswering checkpoint and gives its start and end logits",
+          "[bert][encoder][reference]") {
+  const auto inputs = reference("minilm_bert.safetensors");
+  const auto dir = reference_dir() + "/qa";
+  const auto ref = reference("qa/logits.safetensors");
+  const auto config = bert::BertConfig::from_json_file(dir + "/config.json");
+  bert::QuestionAnswering model(config, all_seed_modules(1));
+  const auto load = bert::load_pretrained(*model, dir);
+  for (const auto& n : load.initialized) CHECK(n.find("lora_") != std::string::npos);  // qa_outputs was in the file
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto [start, end] = model(inputs.tensor("input_ids"), inputs.tensor("attention_mask"),
+                                  inputs.tensor("token_type_ids"));
+  CHECK_ALLCLOSE(start, ref.tensor("start_logits"), 0.0, 1e-4);
+  CHECK_ALLCLOSE(end, ref.tensor("end_logits"), 0.0, 1e-4);
+  CHECK(model->head_prefixes() == std::vector<std::string>{"qa_outputs."});
+
+  // From the plain encoder checkpoint, qa_outputs is the one head tensor left fresh.
+  bert::QuestionAnswering fresh(config, bert::LoraSettings{});
+  const auto fresh_load = bert::load_pretrained(*fresh, INCRELORA_MINILM_DIR);
+  CHECK(fresh_load.initialized == std::vector<std::string>{"qa_outputs.bias", "qa_outputs.weight"});
+}
+
 TEST_CASE("A RoBERTa checkpoint gives transformers' RobertaModel outputs", "[bert][encoder][reference]") {
   const auto ref = reference("roberta/outputs.safetensors");
   const auto dir = reference_dir() + "/roberta";

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 
 using increlora::bert::WordPieceTokenizer;
@@ -63,6 +64,44 @@ TEST_CASE("Token ids equal BertTokenizer's on the shared GLUE sentences", "[bert
   INFO(wrong << " of " << checked << " encodings differ");
   CHECK(checked > 20000);
   CHECK(wrong == 0);
+}
+
+TEST_CASE("Offsets equal the fast BertTokenizer's offset mapping in bytes", "[bert][tokenizer][reference]") {
+  const auto tok = WordPieceTokenizer::from_directory(INCRELORA_MINILM_DIR);
+  const auto ref = read_json(reference_dir() + "/offsets.json");
+  size_t checked = 0, wrong = 0;
+  for (const auto& s : ref) {
+    const auto text = s["text"].get<std::string>();
+    const auto got = tok.encode_with_offsets(text);
+    ++checked;
+    std::vector<int64_t> begins, ends, want_begins, want_ends;
+    for (const auto& [b, e] : got.offsets) begins.push_back(b), ends.push_back(e);
+    for (const auto& o : s["offsets"]) want_begins.push_back(o[0]), want_ends.push_back(o[1]);
+    // The ids are encode_text's, and every piece covers a part of the text.
+    CHECK(got.ids == tok.encode_text(text));
+    if (got.ids == s["ids"].get<std::vector<int64_t>>() && begins == want_begins && ends == want_ends) continue;
+    if (++wrong <= 5) {
+      FAIL_CHECK(text << "\n  ours:    " << join(begins) << " / " << join(ends) << "\n  fast BertTokenizer: "
+                      << join(want_begins) << " / " << join(want_ends));
+    }
+  }
+  INFO(wrong << " of " << checked << " texts differ");
+  CHECK(checked > 500);
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("Offsets cover the bytes of each piece", "[bert][tokenizer]") {
+  const auto tok = WordPieceTokenizer::from_directory(INCRELORA_MINILM_DIR);
+  const std::string text = "Naïve  [SEP]unaffable\tcafé!";
+  const auto got = tok.encode_with_offsets(text);
+  REQUIRE(got.ids.size() == got.offsets.size());
+  std::vector<std::string> covered;
+  for (const auto& [b, e] : got.offsets) covered.push_back(text.substr(b, e - b));
+  // "naïve" keeps its two-byte ï inside the piece; [SEP] in the text stays whole; "##" pieces cover their own part.
+  CHECK(covered.front() == "Naïve");
+  CHECK(std::find(covered.begin(), covered.end(), "[SEP]") != covered.end());
+  CHECK(covered.back() == "!");
+  CHECK(covered[covered.size() - 2] == "café");
 }
 
 TEST_CASE("The tokenizer splits punctuation, strips accents and marks continuations", "[bert][tokenizer]") {

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace increlora::bert {
@@ -199,13 +200,31 @@ struct SequenceClassifierImpl : torch::nn::Module {
 };
 TORCH_MODULE(SequenceClassifier);
 
+/// BertForQuestionAnswering / RobertaForQuestionAnswering: the encoder under "bert." (or "roberta."), without
+/// the pooler, then "qa_outputs" (hidden → 2) on every token: the start and end logits of extractive QA.
+struct QuestionAnsweringImpl : torch::nn::Module {
+  QuestionAnsweringImpl(const BertConfig& config, const LoraSettings& lora = {});
+  /// {start_logits, end_logits}, each [batch, seq].
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& input_ids,
+                                                  const torch::Tensor& attention_mask = {},
+                                                  const torch::Tensor& token_type_ids = {});
+  /// The head trained in full beside the adapters: "qa_outputs.".
+  std::vector<std::string> head_prefixes() const { return {"qa_outputs."}; }
+
+  BertConfig config;
+  std::string base_name;  // "bert" or "roberta"
+  BertModel base{nullptr};
+  torch::nn::Linear qa_outputs{nullptr};
+};
+TORCH_MODULE(QuestionAnswering);
+
 /// What `load_pretrained` did not fill or did not use.
 struct PretrainedLoad {
   std::vector<std::string> initialized;  ///< module tensors left at their fresh initialization (head, adapters)
   std::vector<std::string> ignored;      ///< checkpoint tensors not used (pretraining heads, position_ids)
 };
 
-/// Loads `<dir>/model.safetensors` (or the shards a `model.safetensors.index.json` lists) into `model` (a BertModel or SequenceClassifier): checkpoint names with or
+/// Loads `<dir>/model.safetensors` (or the shards a `model.safetensors.index.json` lists) into `model` (a BertModel, SequenceClassifier or QuestionAnswering): checkpoint names with or
 /// without the "bert."/"roberta." prefix, and old "LayerNorm.gamma/beta" names, map onto the module's;
 /// pretraining heads ("cls.", "lm_head.") and position_ids buffers are ignored. Throws, listing them, when an
 /// encoder tensor is missing from the checkpoint; adapter banks and the task head stay as initialized. A

@@ -9,6 +9,8 @@
 /// split on whitespace and punctuation; each word is cut greedily into the longest vocabulary pieces
 /// ("##" marks a continuation), or becomes [UNK] when it cannot be.
 
+#include <increlora/models/token_spans.hpp>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -51,6 +53,10 @@ class WordPieceTokenizer {
   std::vector<std::string> tokenize(const std::string& text) const;
   /// The ids of `text`'s word pieces, without special tokens.
   std::vector<int64_t> encode_text(const std::string& text) const;
+  /// The same ids with the bytes of `text` each piece came from, as the fast BertTokenizer's offset mapping
+  /// (in bytes, not characters): a "##" piece covers its own characters, an [UNK] word the whole word, an
+  /// accent-stripped or lowercased character the input character.
+  models::TokenSpans encode_with_offsets(const std::string& text) const;
   /// [CLS] a [SEP] or [CLS] a [SEP] b [SEP], truncated to `max_length` tokens as BertTokenizer's
   /// "longest_first" does (the tokenizers library's rule: the shorter part keeps at most half of the room left by
   /// the special tokens, the longer part the rest; the first part counts as the shorter on a tie).
@@ -72,8 +78,14 @@ class WordPieceTokenizer {
   const WordPieceOptions& options() const { return options_; }
 
  private:
-  void wordpiece(const std::u32string& word, std::vector<std::string>& out) const;
-  void tokenize_plain(const std::u32string& text, std::vector<std::string>& out) const;
+  using Offset = std::pair<int64_t, int64_t>;
+  /// Cuts `word` into pieces; `ranges` (when given) gets each piece's [first, last) characters in the word.
+  void wordpiece(const std::u32string& word, std::vector<std::string>& out,
+                 std::vector<std::pair<size_t, size_t>>* ranges) const;
+  /// Pieces of text[begin, end) (no special tokens in it); `offsets` gets their byte ranges in `text`.
+  void tokenize_plain(const std::string& text, size_t begin, size_t end, std::vector<std::string>& out,
+                      std::vector<Offset>* offsets) const;
+  void tokenize_into(const std::string& text, std::vector<std::string>& out, std::vector<Offset>* offsets) const;
 
   WordPieceOptions options_;
   std::unordered_map<std::string, int64_t> vocab_;
@@ -82,12 +94,25 @@ class WordPieceTokenizer {
   int64_t cls_id_ = 0, sep_id_ = 0, pad_id_ = 0, unk_id_ = 0;
 };
 
+/// [CLS] a [SEP] (b [SEP]) with token_type_ids 0 for the first part and 1 for the second, truncated to
+/// `max_length` tokens as Hugging Face's "longest_first" in the tokenizers library (what transformers 5's
+/// tokenizers all run): the shorter part keeps at most half the room left by the special tokens, the longer part
+/// the rest, the first part counting as the shorter on a tie; a single text keeps its first max_length - 2
+/// pieces. max_length <= 0: no truncation. The layout of BERT's and DeBERTa-v2/v3's inputs.
+Encoding build_pair_inputs(int64_t cls_id, int64_t sep_id, std::vector<int64_t> ids_a,
+                           std::optional<std::vector<int64_t>> ids_b, int64_t max_length);
+
 namespace detail {
 /// UTF-8 → code points; an invalid byte becomes U+FFFD (which the cleaning step then drops).
 std::u32string utf8_decode(const std::string& text);
+/// Decodes the code point starting at byte `i` into `c` and returns its length in bytes (1 for an invalid byte,
+/// which becomes U+FFFD).
+size_t utf8_next(const std::string& text, size_t i, char32_t& c);
 std::string utf8_encode(const std::u32string& text);
 /// BertNormalizer: clean, space around CJK, strip accents, lowercase.
 std::u32string normalize(const std::u32string& text, bool lowercase, bool strip_accents, bool chinese_chars);
+/// BertNormalizer on one code point, appended to `out` (the normaliser works character by character).
+void normalize_char(char32_t c, bool lowercase, bool strip_accents, bool chinese_chars, std::u32string& out);
 }  // namespace detail
 
 }  // namespace increlora::bert
