@@ -7,7 +7,7 @@
 
 namespace increlora::apps::glue_app {
 
-Dataset encode(const std::vector<glue::Example>& examples, const bert::WordPieceTokenizer& tokenizer,
+Dataset encode(const std::vector<glue::Example>& examples, const models::Tokenizer& tokenizer,
                int64_t max_len, const std::string& what) {
   Dataset d;
   d.inputs.reserve(examples.size());
@@ -45,7 +45,7 @@ std::vector<torch::Tensor> collate(const Dataset& d, const std::vector<size_t>& 
   return {ids.to(device), mask.to(device), types.to(device), labels.to(device), scores.to(device)};
 }
 
-Predictions predict(bert::SequenceClassifier& model, const Dataset& d, const glue::TaskSpec& spec, int64_t batch_size,
+Predictions predict(models::SequenceClassificationModel& model, const Dataset& d, const glue::TaskSpec& spec, int64_t batch_size,
                     int64_t pad_id, const torch::Device& device, const std::string& what) {
   Predictions out;
   const size_t n = d.inputs.size();
@@ -55,7 +55,7 @@ Predictions predict(bert::SequenceClassifier& model, const Dataset& d, const glu
     std::vector<size_t> idx;
     for (size_t i = start; i < std::min(n, start + static_cast<size_t>(batch_size)); ++i) idx.push_back(i);
     const auto b = collate(d, idx, pad_id, device);
-    const auto logits = model(b[0], b[1], b[2]).to(torch::kCPU, torch::kFloat);
+    const auto logits = model.forward(b[0], b[1], b[2]).to(torch::kCPU, torch::kFloat);
     all_logits.push_back(logits);
     if (spec.is_regression()) {
       auto s = logits.select(1, 0).contiguous();

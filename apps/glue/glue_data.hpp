@@ -1,8 +1,7 @@
 #pragma once
 // The GLUE program's data path: TSV examples tokenized once, batches padded to their longest input (or to a
 // fixed length for CUDA graphs), and the model's predictions over a dataset.
-#include <increlora/models/bert.hpp>
-#include <increlora/models/wordpiece.hpp>
+#include <increlora/models/encoder.hpp>
 #include <increlora/tasks/glue.hpp>
 
 #include <torch/types.h>
@@ -20,7 +19,7 @@ struct Dataset {
 };
 
 /// Tokenizes `examples` ([CLS] a [SEP] (b [SEP]), truncated to max_len), with a progress line named `what`.
-Dataset encode(const std::vector<glue::Example>& examples, const bert::WordPieceTokenizer& tokenizer,
+Dataset encode(const std::vector<glue::Example>& examples, const models::Tokenizer& tokenizer,
                int64_t max_len, const std::string& what);
 
 /// {input_ids, attention_mask, token_type_ids, labels, scores} of the examples `idx`, on `device`: padded to the
@@ -39,7 +38,7 @@ struct Predictions {
 std::string logits_tsv(const glue::TaskSpec& spec, const torch::Tensor& logits);
 
 /// The model's predictions over `data` in order (call in eval mode without gradients).
-Predictions predict(bert::SequenceClassifier& model, const Dataset& data, const glue::TaskSpec& spec,
+Predictions predict(models::SequenceClassificationModel& model, const Dataset& data, const glue::TaskSpec& spec,
                     int64_t batch_size, int64_t pad_id, const torch::Device& device, const std::string& what);
 
 /// The task's official metrics of `predictions` against `data`'s labels.

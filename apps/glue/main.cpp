@@ -1,5 +1,6 @@
-// GLUE fine-tuning with IncreLoRA on a BERT-family encoder read from a Hugging Face checkpoint directory
-// (config.json, model.safetensors or its shards, vocab.txt), with the seed's run_glue flags:
+// GLUE fine-tuning with IncreLoRA on an encoder read from a Hugging Face checkpoint directory (BERT family:
+// config.json, model.safetensors or its shards, vocab.txt; DeBERTa-v2/v3: config.json, model.safetensors,
+// spm.model), with the seed's run_glue flags:
 //
 //   glue --task_name sst2 --data_dir ../shared/data/glue/SST-2 --target_rank 2 --lora_r 1
 //        --reg_orth_coef 0.1 --init_warmup 100 --incre_interval 100 --top_h 6 --beta1 0.85 --beta2 0.85
@@ -21,7 +22,7 @@
 #include <increlora/apps/trainer.hpp>
 #include <increlora/increlora.hpp>
 #include <increlora/models/bert.hpp>
-#include <increlora/models/wordpiece.hpp>
+#include <increlora/models/encoder.hpp>
 #include <increlora/tasks/glue.hpp>
 
 #include <torch/nn/functional/loss.h>
@@ -44,6 +45,7 @@ namespace {
 namespace fs = std::filesystem;
 namespace apps = increlora::apps;
 namespace bert = increlora::bert;
+namespace models = increlora::models;
 namespace glue = increlora::glue;
 using nlohmann::json;
 using increlora::apps::glue_app::Dataset;
@@ -121,7 +123,8 @@ Args parse_args(int argc, char** argv, json& args_json) {
   apps::Flags f("glue", "--task_name TASK --data_dir DIR [flags]");
   f.add("task_name", &a.task_name, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (required)");
   f.add("data_dir", &a.data_dir, "the task's GLUE folder, holding train.tsv and dev.tsv (required)");
-  f.add("model_dir", &a.model_dir, "Hugging Face checkpoint directory: config.json, model.safetensors, vocab.txt");
+  f.add("model_dir", &a.model_dir, "Hugging Face checkpoint directory: config.json, model.safetensors, vocab.txt "
+        "(BERT family) or spm.model (DeBERTa-v2/v3)");
   f.add("model_name_or_path", &a.model_name_or_path, "a local Hugging Face checkpoint directory (the seed's name "
         "for --model_dir; a hub id must be downloaded first)");
   f.add("target_rank", &a.target_rank, "average rank per adapted layer at the end of the schedule");
@@ -268,7 +271,8 @@ int run(int argc, char** argv) {
   torch::manual_seed(static_cast<uint64_t>(a.seed));
 
   // Data.
-  const auto tokenizer = bert::WordPieceTokenizer::from_directory(a.model_dir);
+  const auto tokenizer_ptr = models::load_tokenizer(a.model_dir);
+  const auto& tokenizer = *tokenizer_ptr;
   const fs::path data_dir(a.data_dir);
   Dataset train;
   if (a.do_train) {
@@ -304,10 +308,9 @@ int run(int argc, char** argv) {
                                                                                static_cast<double>(steps_per_epoch)));
 
   // Model: the seed's short module names become patterns over the encoder's qualified names.
-  const auto config = bert::BertConfig::from_json_file(a.model_dir + "/config.json");
-  bert::LoraSettings lora;
-  lora.patterns = bert::lora_patterns_from_short_names(apps::split_commas(a.lora_module));
-  if (lora.patterns.empty()) throw std::invalid_argument("--lora_module: name at least one layer to adapt");
+  models::AdapterPlan lora;
+  lora.short_names = apps::split_commas(a.lora_module);
+  if (lora.short_names.empty()) throw std::invalid_argument("--lora_module: name at least one layer to adapt");
   lora.r = a.apply_lora ? a.lora_r : 0;  // --apply_lora False: no adapter tensors at all
   lora.lora_alpha = a.lora_alpha;
   lora.lora_dropout = a.lora_dropout;
@@ -329,31 +332,30 @@ int run(int argc, char** argv) {
                                      .start_from_current_ranks(!a.init_from_peft.empty());
   const auto cls_dropout = a.cls_dropout >= 0 ? std::optional<double>(a.cls_dropout) : std::nullopt;
   if (a.apply_lora) {
-    // The library's sizing for this plan over the layers the patterns select (a probe model without banks
-    // counts them; it throws naming the candidates when a pattern matches nothing).
-    bert::LoraSettings probe = lora;
-    probe.r = 0;
-    const auto adapted = static_cast<int64_t>(
-        increlora::select_modules(*bert::SequenceClassifier(config, spec.num_labels(), probe), lora.patterns).size());
+    // The library's sizing for this plan over the layers the patterns select (counted on a probe model without
+    // banks; it throws naming the candidates when a pattern matches nothing).
+    const auto adapted = models::count_adapted_layers(a.model_dir, models::HeadKind::kSequenceClassification, lora,
+                                                      spec.num_labels());
     lora.capacity = a.lora_capacity > 0 ? a.lora_capacity : increlora::recommended_capacity(allocator_options, adapted);
   }
   torch::manual_seed(static_cast<uint64_t>(a.seed));
-  bert::SequenceClassifier model(config, spec.num_labels(), lora, cls_dropout);
-  const auto load = bert::load_pretrained(*model, a.model_dir);
+  auto model = models::make_sequence_classifier(a.model_dir, spec.num_labels(), lora, cls_dropout);
+  const auto& load_initialized = model.initialized;
   if (!a.init_from_peft.empty()) {
-    const auto imported = increlora::import_peft(*model, a.init_from_peft);
+    const auto imported = increlora::import_peft(*model.module, a.init_from_peft);
     int64_t total = 0;
     for (const auto& [name, r] : imported.ranks) total += r;
     fmt::print("glue: started from the PEFT {} adapter {}: {} layers, total rank {}, {} tensors in full\n",
                imported.peft_type, a.init_from_peft, imported.ranks.size(), total, imported.full_tensors.size());
   }
-  model->to(device);
-  model->train();
+  model.module->to(device);
+  model.module->train();
 
   fs::create_directories(a.root_output_dir);
   const fs::path out_dir(a.root_output_dir);
   args_json["total_steps"] = total_steps;
   args_json["device"] = device.str();
+  args_json["model_type"] = model.model_type;
   apps::write_json((out_dir / "args.json").string(), args_json);
 
   apps::TrainerOptions to;
@@ -382,7 +384,7 @@ int run(int argc, char** argv) {
   to.stop_after_step = a.stop_after_step;
   to.precision = precision;
   to.cuda_graphs = a.cuda_graphs;
-  to.head_prefixes = model->head_prefixes();
+  to.head_prefixes = model.head_prefixes;
   to.run_args = args_json;
   to.run_control_flags = kRunControlFlags;
 
@@ -393,7 +395,7 @@ int run(int argc, char** argv) {
     return apps::glue_app::collate(train, idx, pad_id, device, a.cuda_graphs ? a.max_seq_length : 0);
   };
   task.loss = [&](const std::vector<torch::Tensor>& in) {
-    const auto logits = model(in[0], in[1], in[2]).to(torch::kFloat);
+    const auto logits = model.forward(in[0], in[1], in[2]).to(torch::kFloat);
     return spec.is_regression() ? torch::nn::functional::mse_loss(logits.select(1, 0), in[4])
                                 : torch::nn::functional::cross_entropy(logits, in[3]);
   };
@@ -412,7 +414,7 @@ int run(int argc, char** argv) {
   // --do_predict: the test sets' predictions as GLUE submission files, written whole or not at all.
   const auto write_predictions = [&] {
     torch::NoGradGuard no_grad;
-    model->eval();
+    model.module->eval();
     apps::AutocastGuard autocast(device, precision);
     fs::create_directories(out_dir / "predictions");
     for (size_t i = 0; i < test_sets.size(); ++i) {
@@ -429,16 +431,16 @@ int run(int argc, char** argv) {
   if (!a.do_train) {
     // Evaluate (and predict with) the saved run of --adapter_dir, or the pretrained encoder with a fresh head.
     if (!a.adapter_dir.empty()) {
-      if (a.apply_lora) increlora::load_adapter(*model, a.adapter_dir);
-      apps::load_trained_head(*model, model->head_prefixes(), a.adapter_dir);
+      if (a.apply_lora) increlora::load_adapter(*model.module, a.adapter_dir);
+      apps::load_trained_head(*model.module, model.head_prefixes, a.adapter_dir);
     }
     apps::TrainResult result;
     if (a.do_eval) {
-      const auto metrics = apps::evaluate_model(*model, task, device, precision);
+      const auto metrics = apps::evaluate_model(*model.module, task, device, precision);
       json entry = {{"event", "eval"}, {"step", 0}, {"adapter_dir", a.adapter_dir}};
       for (const auto& [k, v] : metrics) entry["eval_" + k] = std::isfinite(v) ? json(v) : json(nullptr);
       int64_t rank = 0;
-      for (const auto& [name, layer] : increlora::named_svd_linears(*model)) rank += layer->rank();
+      for (const auto& [name, layer] : increlora::named_svd_linears(*model.module)) rank += layer->rank();
       entry["total_rank"] = rank;
       apps::JsonLog((out_dir / "log.jsonl").string(), false).write(entry);
       result.final = result.best = entry;
@@ -454,7 +456,7 @@ int run(int argc, char** argv) {
     return 0;
   }
 
-  apps::Trainer trainer(*model, to);
+  apps::Trainer trainer(*model.module, to);
   const auto* allocator = trainer.allocator();
   fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch, batch {} x {} accumulated) on "
              "{}, {}\n", spec.name, train.inputs.size(), evals.empty() ? 0 : evals.front().second.inputs.size(),
@@ -471,9 +473,9 @@ int run(int argc, char** argv) {
     fmt::print("glue: no adapters (--apply_lora False); {} of {} parameters trainable (the head)\n",
                trainer.trainable_parameters(), trainer.total_parameters());
   }
-  if (!load.initialized.empty()) {
+  if (!load_initialized.empty()) {
     size_t heads = 0;
-    for (const auto& n : load.initialized) heads += !increlora::is_adapter_tensor(n);
+    for (const auto& n : load_initialized) heads += !increlora::is_adapter_tensor(n);
     fmt::print("glue: {} head tensors freshly initialized\n", heads);
   }
   std::fflush(stdout);
@@ -487,8 +489,8 @@ int run(int argc, char** argv) {
     // A complete PEFT adapter: the head (pooler and classifier) as modules_to_save, the local checkpoint as the
     // base, so that peft.AutoPeftModelForSequenceClassification.from_pretrained(DIR) rebuilds this model.
     std::vector<std::string> head_modules;
-    for (auto prefix : model->head_prefixes()) head_modules.push_back(prefix.substr(0, prefix.size() - 1));
-    increlora::export_peft(*model, a.export_peft, increlora::PeftExportOptions()
+    for (auto prefix : model.head_prefixes) head_modules.push_back(prefix.substr(0, prefix.size() - 1));
+    increlora::export_peft(*model.module, a.export_peft, increlora::PeftExportOptions()
                                                       .task_type("SEQ_CLS")
                                                       .base_model_name_or_path(fs::absolute(a.model_dir).string())
                                                       .modules_to_save(head_modules)
@@ -502,11 +504,10 @@ int run(int argc, char** argv) {
       labels[std::to_string(i)] = name;
       ids[name] = i;
     }
-    const json patch = {{"architectures", {config.is_roberta() ? "RobertaForSequenceClassification"
-                                                               : "BertForSequenceClassification"}},
+    const json patch = {{"architectures", {model.architecture}},
                         {"id2label", labels}, {"label2id", ids},
                         {"problem_type", spec.is_regression() ? "regression" : "single_label_classification"}};
-    bert::save_merged_pretrained(*model, a.model_dir, a.export_merged, patch.dump());
+    bert::save_merged_pretrained(*model.module, a.model_dir, a.export_merged, patch.dump());
     fmt::print("glue: wrote the merged checkpoint to {}\n", a.export_merged);
   }
   const auto& best = result.best;
