@@ -20,6 +20,7 @@
 #include <increlora/apps/flags.hpp>
 #include <increlora/apps/output.hpp>
 #include <increlora/apps/trainer.hpp>
+#include <increlora/apps/training_flags.hpp>
 #include <increlora/increlora.hpp>
 #include <increlora/models/bert.hpp>
 #include <increlora/models/encoder.hpp>
@@ -51,60 +52,19 @@ using nlohmann::json;
 using increlora::apps::glue_app::Dataset;
 
 struct Args {
-  // the seed's flags
+  apps::TrainingFlags t;  // the flags every program shares (IncreLoRA, AdamW, cadence, precision, checkpoints)
+  // run_glue's task flags
   std::string task_name;
-  int64_t target_rank = 2;
-  int64_t target_total_rank = 0;
-  int64_t lora_r = 1;
-  double reg_orth_coef = 0.1;
-  int64_t init_warmup = 1000;
-  int64_t incre_interval = 1000;
-  int64_t top_h = 2;
-  int64_t incre_rank_num = 0;
-  double beta1 = 0.85;
-  double beta2 = 0.85;
-  std::string lora_module = "query,key,value,intermediate,layer.output,attention.output";
-  double lora_alpha = 16;
-  double lora_dropout = 0.0;
-  bool advance_learn = true;  // on by default, as in the original's run_glue.py
-  bool multi_lr = true;
   double cls_dropout = -1;
   int64_t max_seq_length = 128;
-  int64_t per_device_train_batch_size = 32;
-  int64_t per_device_eval_batch_size = 64;
-  int64_t gradient_accumulation_steps = 1;
-  double learning_rate = 1e-3;
-  double num_train_epochs = 3;
-  int64_t max_steps = 0;
-  int64_t warmup_steps = 0;
-  double weight_decay = 0;
-  double max_grad_norm = 1.0;
-  int64_t eval_steps = 1000;
-  int64_t logging_steps = 100;
-  int64_t save_steps = 0;
-  int64_t seed = 42;
   std::string root_output_dir = "output/glue";
   std::string model_name_or_path;
-  bool do_train = true;
-  bool do_eval = true;
   bool do_predict = false;
-  bool load_best_model_at_end = false;
-  bool bf16 = false;
-  bool fp16 = false;
-  std::string resume_from_checkpoint;
   // ours
   std::string data_dir;
   std::string model_dir;
   std::string test_file;
   int64_t max_eval_samples = 0;
-  int64_t lora_capacity = 0;
-  std::string device = "auto";
-  bool exact_scoring = false;
-  bool random_allocation = false;
-  bool apply_lora = true;
-  bool cuda_graphs = false;
-  int64_t stop_after_step = 0;  // tests: end after this step as a killed run would (no outputs)
-  std::string adapter_dir;
   std::string init_from_peft;
   std::string export_peft;
   bool export_peft_uniform_rank = false;
@@ -119,6 +79,8 @@ const std::set<std::string> kRunControlFlags = {
 
 Args parse_args(int argc, char** argv, json& args_json) {
   Args a;
+  // run_glue's defaults (the original's GLUE scripts set the schedule per task).
+  a.t.lora_module = "query,key,value,intermediate,layer.output,attention.output";
   a.model_dir = apps::default_model_dir();
   apps::Flags f("glue", "--task_name TASK --data_dir DIR [flags]");
   f.add("task_name", &a.task_name, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (required)");
@@ -127,55 +89,15 @@ Args parse_args(int argc, char** argv, json& args_json) {
         "(BERT family) or spm.model (DeBERTa-v2/v3)");
   f.add("model_name_or_path", &a.model_name_or_path, "a local Hugging Face checkpoint directory (the seed's name "
         "for --model_dir; a hub id must be downloaded first)");
-  f.add("target_rank", &a.target_rank, "average rank per adapted layer at the end of the schedule");
-  f.add("target_total_rank", &a.target_total_rank, "total rank budget; 0 uses target_rank x layers");
-  f.add("lora_r", &a.lora_r, "initial rank of every adapted layer");
-  f.add("reg_orth_coef", &a.reg_orth_coef, "weight of the orthogonality regularizer (0: off)");
-  f.add("init_warmup", &a.init_warmup, "steps before the first rank allocation");
-  f.add("incre_interval", &a.incre_interval, "steps between two allocations");
-  f.add("top_h", &a.top_h, "layers that grow at each allocation");
-  f.add("incre_rank_num", &a.incre_rank_num, "rank each chosen layer gains; 0 derives it from the target rank");
-  f.add("beta1", &a.beta1, "EMA coefficient of the sensitivity");
-  f.add("beta2", &a.beta2, "EMA coefficient of the uncertainty");
-  f.add("lora_module", &a.lora_module,
-        "comma-separated layers to adapt: query,key,value,intermediate,layer.output,attention.output, qualified "
-        "names, dotted suffixes or re:<regex>");
-  f.add("lora_alpha", &a.lora_alpha, "adapter scale numerator (scale = lora_alpha / rank)");
-  f.add("lora_dropout", &a.lora_dropout, "dropout on the adapter branch's input");
-  f.add("advance_learn", &a.advance_learn, "train reserve triplets ahead of their activation (the original's default)");
-  f.add("multi_lr", &a.multi_lr, "give newly activated triplets their own warmup and decay, as the original's "
-        "Multi_LambdaLR (the original's default)");
-  f.add("apply_lora", &a.apply_lora, "adapt the encoder; False trains the pooler and classifier alone (a control)");
   f.add("cls_dropout", &a.cls_dropout, "dropout before the classifier; < 0 uses the config's");
   f.add("max_seq_length", &a.max_seq_length, "tokens per input after truncation");
-  f.add("per_device_train_batch_size", &a.per_device_train_batch_size, "training micro-batch size");
-  f.add("per_device_eval_batch_size", &a.per_device_eval_batch_size, "evaluation and prediction batch size");
-  f.add("gradient_accumulation_steps", &a.gradient_accumulation_steps, "micro-batches summed per optimizer step "
-        "(gradients and importance scores: the same as one batch that many times larger)");
-  f.add("learning_rate", &a.learning_rate, "peak learning rate of AdamW");
-  f.add("num_train_epochs", &a.num_train_epochs, "epochs of training (ignored when max_steps > 0)");
-  f.add("max_steps", &a.max_steps, "optimizer steps; > 0 overrides num_train_epochs");
-  f.add("warmup_steps", &a.warmup_steps, "linear learning-rate warmup steps (then linear decay to 0)");
-  f.add("weight_decay", &a.weight_decay, "AdamW weight decay (not applied to biases and LayerNorm)");
-  f.add("max_grad_norm", &a.max_grad_norm, "gradient clipping norm (0: off)");
-  f.add("bf16", &a.bf16, "train and evaluate under bfloat16 autocast (CUDA, or a CPU with bf16 support)");
-  f.add("fp16", &a.fp16, "train and evaluate under float16 autocast with dynamic loss scaling (CUDA)");
-  f.add("eval_steps", &a.eval_steps, "evaluate every this many steps (and at the end)");
   f.add("max_eval_samples", &a.max_eval_samples, "evaluate on the first N examples only (0: all)");
-  f.add("logging_steps", &a.logging_steps, "write a training log line every this many steps");
-  f.add("seed", &a.seed, "random seed (initialization, dropout, data order)");
   f.add("root_output_dir", &a.root_output_dir, "folder for every output (args.json, log.jsonl, metrics.json, ...)");
-  f.add("do_train", &a.do_train, "train (False: evaluate the model of --adapter_dir, or the pretrained one)");
-  f.add("do_eval", &a.do_eval, "evaluate on the dev set(s) every --eval_steps and at the end");
   f.add("do_predict", &a.do_predict, "write the test set's predictions as GLUE submission files to "
         "ROOT_OUTPUT_DIR/predictions, and their logits beside them (reads --test_file, default the task's test file "
         "in --data_dir)");
   f.add("test_file", &a.test_file, "with --do_predict: the test TSV (MNLI: the matched one; the mismatched one "
         "is found beside it)");
-  f.add("load_best_model_at_end", &a.load_best_model_at_end, "end with the adapter and head of the best "
-        "evaluation (by the task's main metric), not the last");
-  f.add("adapter_dir", &a.adapter_dir, "with --do_train False: the adapter/ folder a glue run wrote (adapter and "
-        "trained head) to evaluate or predict with");
   f.add("init_from_peft", &a.init_from_peft, "start the adapter (and head, when saved) from a PEFT LoRA or AdaLoRA "
         "adapter folder (increlora::import_peft) and grow it from its ranks; with --do_train False, evaluate it");
   f.add("export_peft", &a.export_peft, "after training, write a PEFT adapter folder (task SEQ_CLS, the head as "
@@ -184,19 +106,7 @@ Args parse_args(int argc, char** argv, json& args_json) {
         "rank (zero-padded) with lora_alpha = r, for serving engines that need one rank");
   f.add("export_merged", &a.export_merged, "after training, write a plain Hugging Face checkpoint (adapter merged) "
         "that transformers' AutoModelForSequenceClassification loads");
-  f.add("lora_capacity", &a.lora_capacity, "triplets each adapted layer can hold; 0 sizes it from the target");
-  f.add("device", &a.device, "cpu, cuda, cuda:N, or auto (cuda when available)");
-  f.add("exact_scoring", &a.exact_scoring, "score importance at every step, as the original does (slower)");
-  f.add("random_allocation", &a.random_allocation, "ablation: grow top_h layers chosen at random (seeded by --seed) "
-        "instead of the most important ones");
-  f.add("cuda_graphs", &a.cuda_graphs, "on CUDA, replay forward + backward from CUDA graphs (increlora::GraphedStep; "
-        "training batches are then padded to max_seq_length so that one shape is captured)");
-  f.add("save_steps", &a.save_steps, "write a training checkpoint to ROOT_OUTPUT_DIR/checkpoint every N steps (0: "
-        "never); a killed run leaves the last complete one");
-  f.add("resume_from_checkpoint", &a.resume_from_checkpoint, "continue the run saved in this checkpoint folder "
-        "(the same flags otherwise; exact on CPU)");
-  f.add("stop_after_step", &a.stop_after_step, "end after this many steps without writing outputs, as a killed "
-        "run would (for tests of resuming)");
+  a.t.add_to(f, "the pooler and classifier alone", "query,key,value,intermediate,layer.output,attention.output");
   f.ignore("lora_type", true, "always svd");
   f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
   f.ignore("save_strategy", true, "checkpoints follow --save_steps");
@@ -217,32 +127,19 @@ Args parse_args(int argc, char** argv, json& args_json) {
   need(!a.task_name.empty(), "--task_name is required (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli)");
   need(!a.data_dir.empty(), "--data_dir is required: the task's GLUE folder (e.g. ../shared/data/glue/SST-2)");
   need(a.max_seq_length >= 8, "--max_seq_length must be >= 8");
-  need(a.per_device_train_batch_size >= 1, "--per_device_train_batch_size must be >= 1");
-  need(a.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be >= 1");
-  need(a.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1");
-  need(a.learning_rate > 0, "--learning_rate must be > 0");
-  need(a.num_train_epochs > 0 || a.max_steps > 0, "--num_train_epochs must be > 0 (or give --max_steps)");
-  need(a.eval_steps >= 1, "--eval_steps must be >= 1");
-  need(a.logging_steps >= 1, "--logging_steps must be >= 1");
-  need(a.warmup_steps >= 0, "--warmup_steps must be >= 0");
-  need(a.lora_r >= 1, "--lora_r must be >= 1");
-  need(a.save_steps >= 0, "--save_steps must be >= 0 (0: no checkpoints)");
-  need(a.stop_after_step >= 0, "--stop_after_step must be >= 0");
-  need(a.do_train || a.do_eval || a.do_predict, "--do_train, --do_eval and --do_predict are all False: nothing to do");
-  need(a.adapter_dir.empty() || !a.do_train, "--adapter_dir is for evaluating a saved run (--do_train False); to "
-       "continue training use --resume_from_checkpoint");
-  need(a.do_train || a.resume_from_checkpoint.empty(), "--resume_from_checkpoint needs --do_train True");
-  need(a.do_train || (a.export_peft.empty() && a.export_merged.empty()),
+  a.t.validate();
+  need(a.t.do_train || a.t.do_eval || a.do_predict,
+       "--do_train, --do_eval and --do_predict are all False: nothing to do");
+  need(a.t.do_train || (a.export_peft.empty() && a.export_merged.empty()),
        "--export_peft and --export_merged go with --do_train True");
-  need(a.adapter_dir.empty() || a.init_from_peft.empty(), "--adapter_dir and --init_from_peft both name the "
+  need(a.t.adapter_dir.empty() || a.init_from_peft.empty(), "--adapter_dir and --init_from_peft both name the "
        "adapter to start from; give one of them");
-  need(a.apply_lora || (a.export_peft.empty() && a.init_from_peft.empty()),
+  need(a.t.apply_lora || (a.export_peft.empty() && a.init_from_peft.empty()),
        "--export_peft and --init_from_peft need adapters (--apply_lora True)");
-  need(a.init_from_peft.empty() || a.resume_from_checkpoint.empty(), "--init_from_peft starts a run; a resumed run "
+  need(a.init_from_peft.empty() || a.t.resume_from_checkpoint.empty(), "--init_from_peft starts a run; a resumed run "
        "already has its adapter (drop --init_from_peft)");
   need(a.export_peft.empty() || fs::absolute(a.export_peft) != fs::absolute(a.root_output_dir),
        "--export_peft must name a folder of its own, not --root_output_dir");
-  apps::precision_from_flags(a.bf16, a.fp16);  // throws when both
   args_json = f.to_json();
   return a;
 }
@@ -266,21 +163,21 @@ int run(int argc, char** argv) {
   json args_json;
   const Args a = parse_args(argc, argv, args_json);
   const auto spec = glue::task_spec(a.task_name);
-  const auto device = apps::parse_device(a.device);
-  const auto precision = apps::precision_from_flags(a.bf16, a.fp16);
-  torch::manual_seed(static_cast<uint64_t>(a.seed));
+  const auto device = apps::parse_device(a.t.device);
+  const auto precision = apps::precision_from_flags(a.t.bf16, a.t.fp16);
+  torch::manual_seed(static_cast<uint64_t>(a.t.seed));
 
   // Data.
   const auto tokenizer_ptr = models::load_tokenizer(a.model_dir);
   const auto& tokenizer = *tokenizer_ptr;
   const fs::path data_dir(a.data_dir);
   Dataset train;
-  if (a.do_train) {
+  if (a.t.do_train) {
     train = apps::glue_app::encode(glue::read_tsv((data_dir / "train.tsv").string(), spec), tokenizer,
                                    a.max_seq_length, "train");
   }
   std::vector<std::pair<std::string, Dataset>> evals;
-  if (a.do_eval) {
+  if (a.t.do_eval) {
     for (const auto& file : spec.eval_files) {
       auto examples = glue::read_tsv((data_dir / file).string(), spec);
       if (a.max_eval_samples > 0 && static_cast<int64_t>(examples.size()) > a.max_eval_samples) {
@@ -299,46 +196,30 @@ int run(int argc, char** argv) {
   }
 
   // Schedule: optimizer steps (micro-batches × accumulation).
-  const int64_t steps_per_epoch = a.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train.inputs.size()),
-                                                                     a.per_device_train_batch_size,
-                                                                     a.gradient_accumulation_steps)
-                                             : 1;
-  const int64_t total_steps = a.max_steps > 0 ? a.max_steps
-                                              : static_cast<int64_t>(std::ceil(a.num_train_epochs *
-                                                                               static_cast<double>(steps_per_epoch)));
+  const int64_t steps_per_epoch = a.t.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train.inputs.size()),
+                                                                       a.t.per_device_train_batch_size,
+                                                                       a.t.gradient_accumulation_steps)
+                                               : 1;
+  const int64_t total_steps = a.t.total_steps(steps_per_epoch);
 
   // Model: the seed's short module names become patterns over the encoder's qualified names.
   models::AdapterPlan lora;
-  lora.short_names = apps::split_commas(a.lora_module);
+  lora.short_names = apps::split_commas(a.t.lora_module);
   if (lora.short_names.empty()) throw std::invalid_argument("--lora_module: name at least one layer to adapt");
-  lora.r = a.apply_lora ? a.lora_r : 0;  // --apply_lora False: no adapter tensors at all
-  lora.lora_alpha = a.lora_alpha;
-  lora.lora_dropout = a.lora_dropout;
-  const auto allocator_options = increlora::RankAllocatorOptions()
-                                     .lora_r(a.lora_r)
-                                     .target_rank(a.target_rank)
-                                     .target_total_rank(a.target_total_rank)
-                                     .init_warmup(a.init_warmup)
-                                     .incre_interval(a.incre_interval)
-                                     .top_h(a.top_h)
-                                     .incre_rank_num(a.incre_rank_num)
-                                     .beta1(a.beta1)
-                                     .beta2(a.beta2)
-                                     .total_step(total_steps)
-                                     .advance_learn(a.advance_learn)
-                                     .exact_scoring(a.exact_scoring)
-                                     .random_allocation(a.random_allocation)
-                                     .random_seed(static_cast<uint64_t>(a.seed))
-                                     .start_from_current_ranks(!a.init_from_peft.empty());
+  lora.r = a.t.apply_lora ? a.t.lora_r : 0;  // --apply_lora False: no adapter tensors at all
+  lora.lora_alpha = a.t.lora_alpha;
+  lora.lora_dropout = a.t.lora_dropout;
+  auto allocator_options = a.t.allocator_options(total_steps);
+  allocator_options.start_from_current_ranks(!a.init_from_peft.empty());
   const auto cls_dropout = a.cls_dropout >= 0 ? std::optional<double>(a.cls_dropout) : std::nullopt;
-  if (a.apply_lora) {
+  if (a.t.apply_lora) {
     // The library's sizing for this plan over the layers the patterns select (counted on a probe model without
     // banks; it throws naming the candidates when a pattern matches nothing).
     const auto adapted = models::count_adapted_layers(a.model_dir, models::HeadKind::kSequenceClassification, lora,
                                                       spec.num_labels());
-    lora.capacity = a.lora_capacity > 0 ? a.lora_capacity : increlora::recommended_capacity(allocator_options, adapted);
+    lora.capacity = a.t.lora_capacity > 0 ? a.t.lora_capacity : increlora::recommended_capacity(allocator_options, adapted);
   }
-  torch::manual_seed(static_cast<uint64_t>(a.seed));
+  torch::manual_seed(static_cast<uint64_t>(a.t.seed));
   auto model = models::make_sequence_classifier(a.model_dir, spec.num_labels(), lora, cls_dropout);
   const auto& load_initialized = model.initialized;
   if (!a.init_from_peft.empty()) {
@@ -358,32 +239,9 @@ int run(int argc, char** argv) {
   args_json["model_type"] = model.model_type;
   apps::write_json((out_dir / "args.json").string(), args_json);
 
-  apps::TrainerOptions to;
-  to.program = "glue";
-  to.output_dir = a.root_output_dir;
-  to.device = device;
-  to.seed = static_cast<uint64_t>(a.seed);
-  to.train_batch_size = a.per_device_train_batch_size;
-  to.gradient_accumulation_steps = a.gradient_accumulation_steps;
-  to.total_steps = total_steps;
-  to.steps_per_epoch = steps_per_epoch;
-  to.learning_rate = a.learning_rate;
-  to.warmup_steps = a.warmup_steps;
-  to.weight_decay = a.weight_decay;
-  to.max_grad_norm = a.max_grad_norm;
-  if (a.apply_lora && a.do_train) to.allocator = allocator_options;
-  to.reg_orth_coef = a.reg_orth_coef;
-  to.multi_lr = a.multi_lr;
-  to.logging_steps = a.logging_steps;
-  to.do_eval = a.do_eval;
-  to.eval_steps = a.eval_steps;
+  auto to = a.t.trainer_options("glue", a.root_output_dir, device, total_steps, steps_per_epoch);
+  if (to.allocator) to.allocator = allocator_options;
   to.main_metric = spec.main_metric;
-  to.load_best_model_at_end = a.load_best_model_at_end;
-  to.save_steps = a.save_steps;
-  to.resume_from_checkpoint = a.resume_from_checkpoint;
-  to.stop_after_step = a.stop_after_step;
-  to.precision = precision;
-  to.cuda_graphs = a.cuda_graphs;
   to.head_prefixes = model.head_prefixes;
   to.run_args = args_json;
   to.run_control_flags = kRunControlFlags;
@@ -392,18 +250,18 @@ int run(int argc, char** argv) {
   apps::TrainingTask task;
   task.num_examples = static_cast<int64_t>(train.inputs.size());
   task.collate = [&](const std::vector<size_t>& idx) {
-    return apps::glue_app::collate(train, idx, pad_id, device, a.cuda_graphs ? a.max_seq_length : 0);
+    return apps::glue_app::collate(train, idx, pad_id, device, a.t.cuda_graphs ? a.max_seq_length : 0);
   };
   task.loss = [&](const std::vector<torch::Tensor>& in) {
     const auto logits = model.forward(in[0], in[1], in[2]).to(torch::kFloat);
     return spec.is_regression() ? torch::nn::functional::mse_loss(logits.select(1, 0), in[4])
                                 : torch::nn::functional::cross_entropy(logits, in[3]);
   };
-  if (a.do_eval) {
+  if (a.t.do_eval) {
     task.evaluate = [&] {
       glue::Metrics all;
       for (const auto& [suffix, data] : evals) {
-        const auto p = apps::glue_app::predict(model, data, spec, a.per_device_eval_batch_size, pad_id, device,
+        const auto p = apps::glue_app::predict(model, data, spec, a.t.per_device_eval_batch_size, pad_id, device,
                                                "eval" + suffix);
         for (const auto& [k, v] : apps::glue_app::score(spec, p, data)) all[k + suffix] = v;
       }
@@ -418,7 +276,7 @@ int run(int argc, char** argv) {
     apps::AutocastGuard autocast(device, precision);
     fs::create_directories(out_dir / "predictions");
     for (size_t i = 0; i < test_sets.size(); ++i) {
-      const auto p = apps::glue_app::predict(model, test_sets[i], spec, a.per_device_eval_batch_size, pad_id, device,
+      const auto p = apps::glue_app::predict(model, test_sets[i], spec, a.t.per_device_eval_batch_size, pad_id, device,
                                              "predict");
       const auto path = (out_dir / "predictions" / spec.submission_files[i]).string();
       apps::write_text_file(path, glue::submission_tsv(spec, p.class_ids, p.scores));
@@ -428,16 +286,16 @@ int run(int argc, char** argv) {
     }
   };
 
-  if (!a.do_train) {
+  if (!a.t.do_train) {
     // Evaluate (and predict with) the saved run of --adapter_dir, or the pretrained encoder with a fresh head.
-    if (!a.adapter_dir.empty()) {
-      if (a.apply_lora) increlora::load_adapter(*model.module, a.adapter_dir);
-      apps::load_trained_head(*model.module, model.head_prefixes, a.adapter_dir);
+    if (!a.t.adapter_dir.empty()) {
+      if (a.t.apply_lora) increlora::load_adapter(*model.module, a.t.adapter_dir);
+      apps::load_trained_head(*model.module, model.head_prefixes, a.t.adapter_dir);
     }
     apps::TrainResult result;
-    if (a.do_eval) {
+    if (a.t.do_eval) {
       const auto metrics = apps::evaluate_model(*model.module, task, device, precision);
-      json entry = {{"event", "eval"}, {"step", 0}, {"adapter_dir", a.adapter_dir}};
+      json entry = {{"event", "eval"}, {"step", 0}, {"adapter_dir", a.t.adapter_dir}};
       for (const auto& [k, v] : metrics) entry["eval_" + k] = std::isfinite(v) ? json(v) : json(nullptr);
       int64_t rank = 0;
       for (const auto& [name, layer] : increlora::named_svd_linears(*model.module)) rank += layer->rank();
@@ -447,7 +305,7 @@ int run(int argc, char** argv) {
       result.evaluations = json::array({entry});
       std::string text;
       for (const auto& [k, v] : metrics) text += fmt::format("{}{} {:.4f}", text.empty() ? "" : ", ", k, v);
-      fmt::print("eval  (no training{}): {}\n", a.adapter_dir.empty() ? "" : ", " + a.adapter_dir, text);
+      fmt::print("eval  (no training{}): {}\n", a.t.adapter_dir.empty() ? "" : ", " + a.t.adapter_dir, text);
       apps::write_json((out_dir / "metrics.json").string(),
                        {{"task", spec.name}, {"main_metric", "eval_" + spec.main_metric}, {"final", entry},
                         {"best", entry}, {"evaluations", result.evaluations}, {"total_steps", 0}, {"total_rank", rank}});
@@ -460,14 +318,14 @@ int run(int argc, char** argv) {
   const auto* allocator = trainer.allocator();
   fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch, batch {} x {} accumulated) on "
              "{}, {}\n", spec.name, train.inputs.size(), evals.empty() ? 0 : evals.front().second.inputs.size(),
-             total_steps, steps_per_epoch, a.per_device_train_batch_size, a.gradient_accumulation_steps, device.str(),
+             total_steps, steps_per_epoch, a.t.per_device_train_batch_size, a.t.gradient_accumulation_steps, device.str(),
              apps::to_string(precision));
   if (allocator) {
     fmt::print("glue: {} adapted layers, budget {} total rank in {} rounds of top_h {} x {} (first at step {}){}{}; "
                "{} of {} parameters trainable\n",
-               allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.top_h,
+               allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.t.top_h,
                allocator->incre_rank_num(), allocator->planned_rounds() > 0 ? allocator->allocation_step(1) : -1,
-               a.advance_learn ? ", advance learning" : "", a.multi_lr ? ", restart warmup" : "",
+               a.t.advance_learn ? ", advance learning" : "", a.t.multi_lr ? ", restart warmup" : "",
                trainer.trainable_parameters(), trainer.total_parameters());
   } else {
     fmt::print("glue: no adapters (--apply_lora False); {} of {} parameters trainable (the head)\n",

@@ -18,6 +18,7 @@
 #include <increlora/apps/output.hpp>
 #include <increlora/apps/progress.hpp>
 #include <increlora/apps/trainer.hpp>
+#include <increlora/apps/training_flags.hpp>
 #include <increlora/increlora.hpp>
 #include <increlora/models/encoder.hpp>
 #include <increlora/tasks/squad.hpp>
@@ -47,50 +48,15 @@ namespace qa_app = increlora::apps::qa_app;
 using nlohmann::json;
 
 struct Args {
-  // the seed's flags
+  apps::TrainingFlags t;  // the flags every program shares (IncreLoRA, AdamW, cadence, precision, checkpoints)
+  // run_qa's data and post-processing flags
   std::string model_name_or_path;
   std::string dataset_name;
   bool version_2_with_negative = false;
   int64_t max_seq_length = 384;
   int64_t doc_stride = 128;
-  int64_t target_rank = 2;
-  int64_t target_total_rank = 0;
-  int64_t lora_r = 1;
-  double reg_orth_coef = 0.1;
-  int64_t init_warmup = 1000;
-  int64_t incre_interval = 1000;
-  int64_t top_h = 1;
-  int64_t incre_rank_num = 1;
-  double beta1 = 0.85;
-  double beta2 = 0.85;
-  std::string lora_module = "query,key,value,intermediate,layer.output,attention.output";
-  double lora_alpha = 16;
-  double lora_dropout = 0.0;
-  bool advance_learn = true;  // the original's defaults
-  bool multi_lr = true;
-  bool apply_lora = true;
-  int64_t per_device_train_batch_size = 16;
-  int64_t per_device_eval_batch_size = 64;
-  int64_t gradient_accumulation_steps = 1;
-  double learning_rate = 1e-3;
-  double num_train_epochs = 14;
-  int64_t max_steps = 0;
-  int64_t warmup_steps = 1000;
-  double weight_decay = 0;
-  double max_grad_norm = 1.0;
-  int64_t eval_steps = 1000;
-  int64_t logging_steps = 300;
-  int64_t save_steps = 0;
-  int64_t seed = 42;
   std::string root_output_dir = "output/qa";
   std::string output_dir;
-  bool do_train = true;
-  bool do_eval = true;
-  bool load_best_model_at_end = false;
-  bool bf16 = false;
-  bool fp16 = false;
-  std::string resume_from_checkpoint;
-  // run_qa's post-processing and data flags
   std::string train_file;
   std::string validation_file;
   double validation_split_percentage = 20;
@@ -103,13 +69,6 @@ struct Args {
   // ours
   std::string model_dir;
   int64_t max_query_length = 64;
-  int64_t lora_capacity = 0;
-  std::string device = "auto";
-  bool exact_scoring = false;
-  bool random_allocation = false;
-  bool cuda_graphs = false;
-  int64_t stop_after_step = 0;
-  std::string adapter_dir;
 };
 
 const std::set<std::string> kRunControlFlags = {
@@ -118,6 +77,16 @@ const std::set<std::string> kRunControlFlags = {
 
 Args parse_args(int argc, char** argv, json& args_json) {
   Args a;
+  auto& t = a.t;
+  // The seed's run_qa defaults (its SQuAD v2 script).
+  t.lora_module = "query,key,value,intermediate,layer.output,attention.output";
+  t.top_h = 1;
+  t.incre_rank_num = 1;
+  t.per_device_train_batch_size = 16;
+  t.per_device_eval_batch_size = 64;
+  t.num_train_epochs = 14;
+  t.warmup_steps = 1000;
+  t.logging_steps = 300;
   a.model_dir = apps::default_model_dir();
   apps::Flags f("qa", "--dataset_name FILE_OR_DIR [flags]");
   f.add("model_name_or_path", &a.model_name_or_path, "a local Hugging Face checkpoint directory (BERT family or "
@@ -139,55 +108,12 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.add("max_answer_length", &a.max_answer_length, "longest answer in tokens");
   f.add("null_score_diff_threshold", &a.null_score_diff_threshold, "v2: answer \"\" when the null score exceeds the "
         "best span's by more than this");
-  f.add("target_rank", &a.target_rank, "average rank per adapted layer at the end of the schedule");
-  f.add("target_total_rank", &a.target_total_rank, "total rank budget; 0 uses target_rank x layers");
-  f.add("lora_r", &a.lora_r, "initial rank of every adapted layer");
-  f.add("reg_orth_coef", &a.reg_orth_coef, "weight of the orthogonality regularizer (0: off)");
-  f.add("init_warmup", &a.init_warmup, "steps before the first rank allocation");
-  f.add("incre_interval", &a.incre_interval, "steps between two allocations");
-  f.add("top_h", &a.top_h, "layers that grow at each allocation");
-  f.add("incre_rank_num", &a.incre_rank_num, "rank each chosen layer gains; 0 derives it from the target rank");
-  f.add("beta1", &a.beta1, "EMA coefficient of the sensitivity");
-  f.add("beta2", &a.beta2, "EMA coefficient of the uncertainty");
-  f.add("lora_module", &a.lora_module, "comma-separated layers to adapt: query,key,value,intermediate,layer.output,"
-        "attention.output, qualified names, dotted suffixes or re:<regex>");
-  f.add("lora_alpha", &a.lora_alpha, "adapter scale numerator (scale = lora_alpha / rank)");
-  f.add("lora_dropout", &a.lora_dropout, "dropout on the adapter branch's input");
-  f.add("advance_learn", &a.advance_learn, "train reserve triplets ahead of their activation (the original's default)");
-  f.add("multi_lr", &a.multi_lr, "give newly activated triplets their own warmup and decay (the original's default)");
-  f.add("apply_lora", &a.apply_lora, "adapt the encoder; False trains qa_outputs alone (a control)");
-  f.add("per_device_train_batch_size", &a.per_device_train_batch_size, "training windows per micro-batch");
-  f.add("per_device_eval_batch_size", &a.per_device_eval_batch_size, "evaluation windows per batch");
-  f.add("gradient_accumulation_steps", &a.gradient_accumulation_steps, "micro-batches summed per optimizer step");
-  f.add("learning_rate", &a.learning_rate, "peak learning rate of AdamW");
-  f.add("num_train_epochs", &a.num_train_epochs, "epochs of training (ignored when max_steps > 0)");
-  f.add("max_steps", &a.max_steps, "optimizer steps; > 0 overrides num_train_epochs");
-  f.add("warmup_steps", &a.warmup_steps, "linear learning-rate warmup steps (then linear decay to 0)");
-  f.add("weight_decay", &a.weight_decay, "AdamW weight decay (not applied to biases and LayerNorm)");
-  f.add("max_grad_norm", &a.max_grad_norm, "gradient clipping norm (0: off)");
   f.add("max_train_samples", &a.max_train_samples, "train on the first N questions only (0: all)");
   f.add("max_eval_samples", &a.max_eval_samples, "evaluate on the first N questions only (0: all)");
   f.add("pad_to_max_length", &a.pad_to_max_length, "pad every batch to --max_seq_length (else to its longest window)");
-  f.add("bf16", &a.bf16, "train and evaluate under bfloat16 autocast");
-  f.add("fp16", &a.fp16, "train and evaluate under float16 autocast with dynamic loss scaling (CUDA)");
-  f.add("eval_steps", &a.eval_steps, "evaluate every this many steps (and at the end)");
-  f.add("logging_steps", &a.logging_steps, "write a training log line every this many steps");
-  f.add("seed", &a.seed, "random seed (initialization, dropout, data order)");
   f.add("root_output_dir", &a.root_output_dir, "folder for every output");
   f.add("output_dir", &a.output_dir, "the same as --root_output_dir (run_qa's name)");
-  f.add("do_train", &a.do_train, "train (False: evaluate the model of --adapter_dir, or the pretrained one)");
-  f.add("do_eval", &a.do_eval, "evaluate every --eval_steps and at the end");
-  f.add("load_best_model_at_end", &a.load_best_model_at_end, "end with the adapter and head of the best evaluation (F1)");
-  f.add("adapter_dir", &a.adapter_dir, "with --do_train False: the adapter/ folder a qa run wrote");
-  f.add("lora_capacity", &a.lora_capacity, "triplets each adapted layer can hold; 0 sizes it from the target");
-  f.add("device", &a.device, "cpu, cuda, cuda:N, or auto (cuda when available)");
-  f.add("exact_scoring", &a.exact_scoring, "score importance at every step, as the original does (slower)");
-  f.add("random_allocation", &a.random_allocation, "ablation: grow layers chosen at random");
-  f.add("cuda_graphs", &a.cuda_graphs, "on CUDA, replay forward + backward from CUDA graphs (batches padded to "
-        "--max_seq_length)");
-  f.add("save_steps", &a.save_steps, "write a training checkpoint every N steps (0: never)");
-  f.add("resume_from_checkpoint", &a.resume_from_checkpoint, "continue the run saved in this checkpoint folder");
-  f.add("stop_after_step", &a.stop_after_step, "end after this many steps without outputs (tests of resuming)");
+  t.add_to(f, "qa_outputs alone", "query,key,value,intermediate,layer.output,attention.output");
   f.ignore("lora_type", true, "always svd");
   f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
   f.ignore("save_strategy", true, "checkpoints follow --save_steps");
@@ -213,6 +139,8 @@ Args parse_args(int argc, char** argv, json& args_json) {
   const auto need = [](bool ok, const std::string& msg) {
     if (!ok) throw std::invalid_argument(msg);
   };
+  t.validate();
+  need(t.do_train || t.do_eval, "--do_train and --do_eval are both False: nothing to do");
   need(!a.dataset_name.empty() || !a.train_file.empty() || !a.validation_file.empty(),
        "--dataset_name (a SQuAD file or folder) or --train_file / --validation_file is required");
   need(a.max_seq_length >= 16, "--max_seq_length must be >= 16");
@@ -220,21 +148,7 @@ Args parse_args(int argc, char** argv, json& args_json) {
   need(a.n_best_size >= 1, "--n_best_size must be >= 1");
   need(a.max_answer_length >= 1, "--max_answer_length must be >= 1");
   need(std::isfinite(a.null_score_diff_threshold), "--null_score_diff_threshold must be a finite number");
-  need(a.per_device_train_batch_size >= 1, "--per_device_train_batch_size must be >= 1");
-  need(a.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be >= 1");
-  need(a.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1");
-  need(a.learning_rate > 0, "--learning_rate must be > 0");
-  need(a.num_train_epochs > 0 || a.max_steps > 0, "--num_train_epochs must be > 0 (or give --max_steps)");
-  need(a.eval_steps >= 1, "--eval_steps must be >= 1");
-  need(a.logging_steps >= 1, "--logging_steps must be >= 1");
-  need(a.warmup_steps >= 0, "--warmup_steps must be >= 0");
-  need(a.lora_r >= 1, "--lora_r must be >= 1");
-  need(a.save_steps >= 0, "--save_steps must be >= 0 (0: no checkpoints)");
   need(a.max_train_samples >= 0 && a.max_eval_samples >= 0, "--max_train_samples / --max_eval_samples must be >= 0");
-  need(a.do_train || a.do_eval, "--do_train and --do_eval are both False: nothing to do");
-  need(a.adapter_dir.empty() || !a.do_train, "--adapter_dir is for evaluating a saved run (--do_train False)");
-  need(a.do_train || a.resume_from_checkpoint.empty(), "--resume_from_checkpoint needs --do_train True");
-  apps::precision_from_flags(a.bf16, a.fp16);  // throws when both
   args_json = f.to_json();
   return a;
 }
@@ -313,8 +227,8 @@ Splits load_splits(const Args& a) {
       }
     }
   }
-  if (a.do_train && s.train.empty()) throw std::invalid_argument("no training questions in " + s.train_source);
-  if (a.do_eval && s.eval.empty()) {
+  if (a.t.do_train && s.train.empty()) throw std::invalid_argument("no training questions in " + s.train_source);
+  if (a.t.do_eval && s.eval.empty()) {
     throw std::invalid_argument("no evaluation questions" + (s.eval_source.empty() ? std::string(": give "
                                 "--validation_file") : " in " + s.eval_source));
   }
@@ -331,7 +245,7 @@ Evaluation evaluate(models::QuestionAnsweringModel& model, const std::vector<squ
                     const std::vector<qa_app::Feature>& features, const Args& a, int64_t pad_id,
                     const torch::Device& device) {
   const size_t n = features.size();
-  const auto batch = static_cast<size_t>(a.per_device_eval_batch_size);
+  const auto batch = static_cast<size_t>(a.t.per_device_eval_batch_size);
   std::vector<squad::FeatureLogits> windows(n);
   apps::Progress progress("eval", static_cast<int64_t>((n + batch - 1) / batch), "batch");
   for (size_t start = 0; start < n; start += batch) {
@@ -386,9 +300,9 @@ void write_prediction_files(const Evaluation& eval, const fs::path& dir, bool v2
 int run(int argc, char** argv) {
   json args_json;
   const Args a = parse_args(argc, argv, args_json);
-  const auto device = apps::parse_device(a.device);
-  const auto precision = apps::precision_from_flags(a.bf16, a.fp16);
-  torch::manual_seed(static_cast<uint64_t>(a.seed));
+  const auto device = apps::parse_device(a.t.device);
+  const auto precision = apps::precision_from_flags(a.t.bf16, a.t.fp16);
+  torch::manual_seed(static_cast<uint64_t>(a.t.seed));
 
   // Data: windows of every question.
   const auto splits = load_splits(a);
@@ -400,44 +314,29 @@ int run(int argc, char** argv) {
   windows.doc_stride = a.doc_stride;
   windows.max_query_length = a.max_query_length;
   std::vector<qa_app::Feature> train_features, eval_features;
-  if (a.do_train) train_features = qa_app::make_features(splits.train, qa_tok, windows, /*training=*/true, "train");
-  if (a.do_eval) eval_features = qa_app::make_features(splits.eval, qa_tok, windows, /*training=*/false, "eval");
+  if (a.t.do_train) train_features = qa_app::make_features(splits.train, qa_tok, windows, /*training=*/true, "train");
+  if (a.t.do_eval) eval_features = qa_app::make_features(splits.eval, qa_tok, windows, /*training=*/false, "eval");
 
-  const int64_t steps_per_epoch = a.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train_features.size()),
-                                                                     a.per_device_train_batch_size,
-                                                                     a.gradient_accumulation_steps)
-                                             : 1;
-  const int64_t total_steps = a.max_steps > 0 ? a.max_steps
-                                              : static_cast<int64_t>(std::ceil(a.num_train_epochs *
-                                                                               static_cast<double>(steps_per_epoch)));
+  const int64_t steps_per_epoch = a.t.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train_features.size()),
+                                                                       a.t.per_device_train_batch_size,
+                                                                       a.t.gradient_accumulation_steps)
+                                               : 1;
+  const int64_t total_steps = a.t.total_steps(steps_per_epoch);
 
   // Model.
   models::AdapterPlan plan;
-  plan.short_names = apps::split_commas(a.lora_module);
+  plan.short_names = apps::split_commas(a.t.lora_module);
   if (plan.short_names.empty()) throw std::invalid_argument("--lora_module: name at least one layer to adapt");
-  plan.r = a.apply_lora ? a.lora_r : 0;
-  plan.lora_alpha = a.lora_alpha;
-  plan.lora_dropout = a.lora_dropout;
-  const auto allocator_options = increlora::RankAllocatorOptions()
-                                     .lora_r(a.lora_r)
-                                     .target_rank(a.target_rank)
-                                     .target_total_rank(a.target_total_rank)
-                                     .init_warmup(a.init_warmup)
-                                     .incre_interval(a.incre_interval)
-                                     .top_h(a.top_h)
-                                     .incre_rank_num(a.incre_rank_num)
-                                     .beta1(a.beta1)
-                                     .beta2(a.beta2)
-                                     .total_step(total_steps)
-                                     .advance_learn(a.advance_learn)
-                                     .exact_scoring(a.exact_scoring)
-                                     .random_allocation(a.random_allocation)
-                                     .random_seed(static_cast<uint64_t>(a.seed));
-  if (a.apply_lora) {
+  plan.r = a.t.apply_lora ? a.t.lora_r : 0;
+  plan.lora_alpha = a.t.lora_alpha;
+  plan.lora_dropout = a.t.lora_dropout;
+  if (a.t.apply_lora) {
     const auto adapted = models::count_adapted_layers(a.model_dir, models::HeadKind::kQuestionAnswering, plan);
-    plan.capacity = a.lora_capacity > 0 ? a.lora_capacity : increlora::recommended_capacity(allocator_options, adapted);
+    plan.capacity = a.t.lora_capacity > 0 ? a.t.lora_capacity
+                                          : increlora::recommended_capacity(a.t.allocator_options(total_steps),
+                                                                            adapted);
   }
-  torch::manual_seed(static_cast<uint64_t>(a.seed));
+  torch::manual_seed(static_cast<uint64_t>(a.t.seed));
   auto model = models::make_question_answering(a.model_dir, plan);
   model.module->to(device);
   model.module->train();
@@ -449,38 +348,14 @@ int run(int argc, char** argv) {
   args_json["model_type"] = model.model_type;
   apps::write_json((out_dir / "args.json").string(), args_json);
 
-  apps::TrainerOptions to;
-  to.program = "qa";
-  to.output_dir = a.root_output_dir;
-  to.device = device;
-  to.seed = static_cast<uint64_t>(a.seed);
-  to.train_batch_size = a.per_device_train_batch_size;
-  to.gradient_accumulation_steps = a.gradient_accumulation_steps;
-  to.total_steps = total_steps;
-  to.steps_per_epoch = steps_per_epoch;
-  to.learning_rate = a.learning_rate;
-  to.warmup_steps = a.warmup_steps;
-  to.weight_decay = a.weight_decay;
-  to.max_grad_norm = a.max_grad_norm;
-  if (a.apply_lora && a.do_train) to.allocator = allocator_options;
-  to.reg_orth_coef = a.reg_orth_coef;
-  to.multi_lr = a.multi_lr;
-  to.logging_steps = a.logging_steps;
-  to.do_eval = a.do_eval;
-  to.eval_steps = a.eval_steps;
+  auto to = a.t.trainer_options("qa", a.root_output_dir, device, total_steps, steps_per_epoch);
   to.main_metric = "f1";
-  to.load_best_model_at_end = a.load_best_model_at_end;
-  to.save_steps = a.save_steps;
-  to.resume_from_checkpoint = a.resume_from_checkpoint;
-  to.stop_after_step = a.stop_after_step;
-  to.precision = precision;
-  to.cuda_graphs = a.cuda_graphs;
   to.head_prefixes = model.head_prefixes;
   to.run_args = args_json;
   to.run_control_flags = kRunControlFlags;
 
   const int64_t pad_id = tokenizer->pad_id();
-  const int64_t pad_to = (a.cuda_graphs || a.pad_to_max_length) ? a.max_seq_length : 0;
+  const int64_t pad_to = (a.t.cuda_graphs || a.pad_to_max_length) ? a.max_seq_length : 0;
   std::optional<Evaluation> last;
   apps::TrainingTask task;
   task.num_examples = static_cast<int64_t>(train_features.size());
@@ -493,7 +368,7 @@ int run(int argc, char** argv) {
     return (torch::nn::functional::cross_entropy(starts.to(torch::kFloat), in[3]) +
             torch::nn::functional::cross_entropy(ends.to(torch::kFloat), in[4])) / 2;
   };
-  if (a.do_eval) {
+  if (a.t.do_eval) {
     task.evaluate = [&] {
       last = evaluate(model, splits.eval, eval_features, a, pad_id, device);
       return last->metrics;
@@ -505,13 +380,13 @@ int run(int argc, char** argv) {
              splits.train_source, splits.eval.size(), eval_features.size(), splits.eval_source, total_steps,
              steps_per_epoch, device.str(), apps::to_string(precision));
 
-  if (!a.do_train) {
-    if (!a.adapter_dir.empty()) {
-      if (a.apply_lora) increlora::load_adapter(*model.module, a.adapter_dir);
-      apps::load_trained_head(*model.module, model.head_prefixes, a.adapter_dir);
+  if (!a.t.do_train) {
+    if (!a.t.adapter_dir.empty()) {
+      if (a.t.apply_lora) increlora::load_adapter(*model.module, a.t.adapter_dir);
+      apps::load_trained_head(*model.module, model.head_prefixes, a.t.adapter_dir);
     }
     const auto metrics = apps::evaluate_model(*model.module, task, device, precision);
-    json entry = {{"event", "eval"}, {"step", 0}, {"adapter_dir", a.adapter_dir}};
+    json entry = {{"event", "eval"}, {"step", 0}, {"adapter_dir", a.t.adapter_dir}};
     for (const auto& [k, v] : metrics) entry["eval_" + k] = std::isfinite(v) ? json(v) : json(nullptr);
     apps::JsonLog((out_dir / "log.jsonl").string(), false).write(entry);
     apps::write_json((out_dir / "metrics.json").string(),
@@ -526,7 +401,7 @@ int run(int argc, char** argv) {
   apps::Trainer trainer(*model.module, to);
   if (const auto* allocator = trainer.allocator()) {
     fmt::print("qa: {} adapted layers, budget {} total rank in {} rounds of top_h {} x {}; {} of {} parameters "
-               "trainable\n", allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.top_h,
+               "trainable\n", allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.t.top_h,
                allocator->incre_rank_num(), trainer.trainable_parameters(), trainer.total_parameters());
   }
   std::fflush(stdout);
