@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <sentencepiece_processor.h>
 
+#include "unicode.hpp"
+
 #include <algorithm>
 #include <fstream>
 #include <string_view>
@@ -14,45 +16,10 @@
 namespace increlora::deberta {
 namespace {
 
-// The Unicode tables that the WordPiece tokenizer uses (generated from Python's unicodedata): punctuation as
-// BERT defines it (DeBERTa's split_by_punct uses the same rule) and Python's str.lower.
-struct CodeRange {
-  char32_t first, last;
-};
-struct CodeMapping {
-  char32_t code;
-  uint32_t offset, length;
-};
-
-#include "unicode_tables.inc"
-
-template <size_t N>
-bool in_ranges(const CodeRange (&table)[N], char32_t c) {
-  const auto* end = table + N;
-  const auto* it = std::upper_bound(table, end, c, [](char32_t v, const CodeRange& r) { return v < r.first; });
-  return it != table && c <= (it - 1)->last;
-}
-
-// transformers' SPMTokenizer: every non-alphanumeric ASCII character, and Unicode category P*.
-bool is_punctuation(char32_t c) {
-  if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) return true;
-  return in_ranges(kPunctuationRanges, c);
-}
-
-// Python's str.lower on one code point (without the context rule for a final capital sigma).
-void lowercase(char32_t c, std::u32string& out) {
-  if (c < 128) {
-    out.push_back(c >= U'A' && c <= U'Z' ? c + 32 : c);
-    return;
-  }
-  const auto* end = kLowercase + std::size(kLowercase);
-  const auto* it = std::lower_bound(kLowercase, end, c, [](const CodeMapping& m, char32_t v) { return m.code < v; });
-  if (it != end && it->code == c) {
-    out.append(kLowercase_pool + it->offset, it->length);
-  } else {
-    out.push_back(c);
-  }
-}
+// transformers' SPMTokenizer splits at every non-alphanumeric ASCII character and Unicode category P* (BERT's
+// rule), and lowercases with Python's str.lower (without the context rule for a final capital sigma).
+bool is_punctuation(char32_t c) { return models::detail::is_bert_punctuation(c); }
+void lowercase(char32_t c, std::u32string& out) { models::detail::append_lowercase(c, out); }
 
 constexpr std::string_view kSpaceMark = "\xE2\x96\x81";  // "▁", SentencePiece's whitespace
 

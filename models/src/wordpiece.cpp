@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "unicode.hpp"
+
 #include <algorithm>
 #include <fstream>
 #include <iterator>
@@ -11,29 +13,13 @@
 namespace increlora::bert {
 namespace {
 
-struct CodeRange {
-  char32_t first, last;
-};
-struct CodeMapping {
-  char32_t code;
-  uint32_t offset, length;
-};
-
-#include "unicode_tables.inc"
-
-template <size_t N>
-bool in_ranges(const CodeRange (&table)[N], char32_t c) {
-  const auto* end = table + N;
-  const auto* it = std::upper_bound(table, end, c, [](char32_t v, const CodeRange& r) { return v < r.first; });
-  return it != table && c <= (it - 1)->last;
-}
-
-template <size_t N>
-const CodeMapping* find_mapping(const CodeMapping (&table)[N], char32_t c) {
-  const auto* end = table + N;
-  const auto* it = std::lower_bound(table, end, c, [](const CodeMapping& m, char32_t v) { return m.code < v; });
-  return (it != end && it->code == c) ? it : nullptr;
-}
+using models::detail::find_mapping;
+using models::detail::in_ranges;
+using models::detail::kControlRanges;
+using models::detail::kDecomposition;
+using models::detail::kDecomposition_pool;
+using models::detail::kNonspacingMarkRanges;
+using models::detail::kWhitespaceRanges;
 
 // As BertTokenizer: tab, newline and carriage return count as whitespace, not as control characters.
 bool is_whitespace(char32_t c) { return c == U' ' || c == U'\t' || c == U'\n' || c == U'\r' || in_ranges(kWhitespaceRanges, c); }
@@ -42,10 +28,7 @@ bool is_control(char32_t c) {
   return in_ranges(kControlRanges, c);
 }
 // ASCII symbols such as "$" and "^" are not Unicode punctuation, but BERT splits them off too.
-bool is_punctuation(char32_t c) {
-  if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) return true;
-  return in_ranges(kPunctuationRanges, c);
-}
+bool is_punctuation(char32_t c) { return models::detail::is_bert_punctuation(c); }
 bool is_chinese_char(char32_t c) {
   return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
          (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
@@ -70,49 +53,13 @@ void decompose(char32_t c, std::u32string& out) {
   }
 }
 
-void lowercase(char32_t c, std::u32string& out) {
-  if (c < 128) {
-    out.push_back(c >= U'A' && c <= U'Z' ? c + 32 : c);
-  } else if (const auto* m = find_mapping(kLowercase, c)) {
-    out.append(kLowercase_pool + m->offset, m->length);
-  } else {
-    out.push_back(c);
-  }
-}
+void lowercase(char32_t c, std::u32string& out) { models::detail::append_lowercase(c, out); }
 
 }  // namespace
 
 namespace detail {
 
-size_t utf8_next(const std::string& text, size_t i, char32_t& c) {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  const unsigned char b = s[i];
-  size_t len = 0;
-  if (b < 0x80) {
-    c = b;
-    return 1;
-  } else if ((b & 0xE0) == 0xC0) {
-    len = 2, c = b & 0x1F;
-  } else if ((b & 0xF0) == 0xE0) {
-    len = 3, c = b & 0x0F;
-  } else if ((b & 0xF8) == 0xF0) {
-    len = 4, c = b & 0x07;
-  } else {
-    c = 0xFFFD;
-    return 1;
-  }
-  bool ok = i + len <= n;
-  for (size_t k = 1; ok && k < len; ++k) {
-    ok = (s[i + k] & 0xC0) == 0x80;
-    c = (c << 6) | (s[i + k] & 0x3F);
-  }
-  if (!ok) {
-    c = 0xFFFD;
-    return 1;
-  }
-  return len;
-}
+size_t utf8_next(const std::string& text, size_t i, char32_t& c) { return models::detail::utf8_next(text, i, c); }
 
 std::u32string utf8_decode(const std::string& text) {
   std::u32string out;
@@ -128,23 +75,7 @@ std::u32string utf8_decode(const std::string& text) {
 std::string utf8_encode(const std::u32string& text) {
   std::string out;
   out.reserve(text.size());
-  for (char32_t c : text) {
-    if (c < 0x80) {
-      out.push_back(static_cast<char>(c));
-    } else if (c < 0x800) {
-      out.push_back(static_cast<char>(0xC0 | (c >> 6)));
-      out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else if (c < 0x10000) {
-      out.push_back(static_cast<char>(0xE0 | (c >> 12)));
-      out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else {
-      out.push_back(static_cast<char>(0xF0 | (c >> 18)));
-      out.push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
-      out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    }
-  }
+  for (char32_t c : text) models::detail::append_utf8(c, out);
   return out;
 }
 
