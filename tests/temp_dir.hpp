@@ -17,6 +17,13 @@
 
 namespace increlora::test {
 
+/// Removes `path` and everything under it (nothing when it does not exist): std::filesystem::remove_all, which
+/// the wheel's libtorch.so exports in a copy that crashes, done with nftw.
+inline void remove_tree(const std::string& path) {
+  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+         FTW_DEPTH | FTW_PHYS);
+}
+
 /// A fresh, empty folder under $TMPDIR (or /tmp), removed with its content when the test ends.
 class TempDir {
  public:
@@ -28,10 +35,7 @@ class TempDir {
     if (::mkdtemp(buffer.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
     path_ = buffer.data();
   }
-  ~TempDir() {
-    ::nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-           FTW_DEPTH | FTW_PHYS);
-  }
+  ~TempDir() { remove_tree(path_); }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 
