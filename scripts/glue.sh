@@ -8,23 +8,10 @@
 # goes to $INCRELORA_BUILD_DIR (default ./build); a missing LibTorch or checkpoint runs scripts/setup.sh first.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${INCRELORA_CACHE:-$HOME/.cache/increlora}"
-BUILD="${INCRELORA_BUILD_DIR:-$ROOT/build}"
-log() { echo "[glue.sh] $*" >&2; }
-
-if [ ! -f "$CACHE/torch_prefix" ] || [ ! -f "$CACHE/models/all-MiniLM-L6-v2/model.safetensors" ]; then
-  log "running scripts/setup.sh (LibTorch and the all-MiniLM-L6-v2 checkpoint)"
-  "$ROOT/scripts/setup.sh" >/dev/null
-fi
-
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  generator=()
-  command -v ninja >/dev/null && generator=(-G Ninja)
-  log "configuring $BUILD"
-  cmake -S "$ROOT" -B "$BUILD" "${generator[@]}" -DCMAKE_PREFIX_PATH="$(cat "$CACHE/torch_prefix")" >&2
-fi
-cmake --build "$BUILD" --target glue -j "${INCRELORA_JOBS:-2}" >&2
+PROGRAM=glue
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ensure_setup models/all-MiniLM-L6-v2/model.safetensors
+build_program glue
 
 # --data_dir from --task_name when the shared data has that task.
 args=("$@")
@@ -43,7 +30,7 @@ if [ "$has_data_dir" -eq 0 ] && [ -n "$task" ]; then
     stsb) folder=STS-B ;; qqp) folder=QQP ;; mnli) folder=MNLI ;; rte) folder=RTE ;; wnli) folder=WNLI ;;
     *) folder="" ;;
   esac
-  data="${INCRELORA_SHARED_DIR:-$ROOT/../shared}/data/glue/$folder"
+  data="$SHARED_DATA/glue/$folder"
   if [ -n "$folder" ] && [ -d "$data" ]; then args+=(--data_dir "$data"); fi
 fi
 

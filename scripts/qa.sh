@@ -10,33 +10,14 @@
 # build goes to $INCRELORA_BUILD_DIR (default ./build); a missing LibTorch or checkpoint runs scripts/setup.sh.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${INCRELORA_CACHE:-$HOME/.cache/increlora}"
-BUILD="${INCRELORA_BUILD_DIR:-$ROOT/build}"
-log() { echo "[qa.sh] $*" >&2; }
-
-if [ ! -f "$CACHE/torch_prefix" ] || [ ! -f "$CACHE/models/all-MiniLM-L6-v2/model.safetensors" ]; then
-  log "running scripts/setup.sh (LibTorch and the all-MiniLM-L6-v2 checkpoint)"
-  "$ROOT/scripts/setup.sh" >/dev/null
-fi
-
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  generator=()
-  command -v ninja >/dev/null && generator=(-G Ninja)
-  log "configuring $BUILD"
-  cmake -S "$ROOT" -B "$BUILD" "${generator[@]}" -DCMAKE_PREFIX_PATH="$(cat "$CACHE/torch_prefix")" >&2
-fi
-cmake --build "$BUILD" --target qa -j "${INCRELORA_JOBS:-2}" >&2
+PROGRAM=qa
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ensure_setup models/all-MiniLM-L6-v2/model.safetensors
+build_program qa
 
 args=("$@")
-has_data=0
-for a in "${args[@]}"; do
-  case "$a" in
-    --dataset_name|--dataset_name=*|--train_file|--train_file=*|--validation_file|--validation_file=*) has_data=1 ;;
-  esac
-done
-if [ "$has_data" -eq 0 ]; then
-  data="${INCRELORA_SHARED_DIR:-$ROOT/../shared}/data/qa"
+if ! has_flag --dataset_name --train_file --validation_file -- "${args[@]}"; then
+  data="$SHARED_DATA/qa"
   if [ -d "$data" ]; then
     args+=(--dataset_name "$data")
   else

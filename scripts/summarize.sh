@@ -13,42 +13,20 @@
 # $INCRELORA_BUILD_DIR (default ./build); a missing LibTorch runs scripts/setup.sh.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${INCRELORA_CACHE:-$HOME/.cache/increlora}"
-BUILD="${INCRELORA_BUILD_DIR:-$ROOT/build}"
-SHARED_DATA="${INCRELORA_SHARED_DIR:-$ROOT/../shared}/data"
-log() { echo "[summarize.sh] $*" >&2; }
-
-if [ ! -f "$CACHE/torch_prefix" ] || [ ! -x "$CACHE/venv/bin/python" ]; then
-  log "running scripts/setup.sh (LibTorch and the Python tools)"
-  "$ROOT/scripts/setup.sh" >/dev/null
-fi
-
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  generator=()
-  command -v ninja >/dev/null && generator=(-G Ninja)
-  log "configuring $BUILD"
-  cmake -S "$ROOT" -B "$BUILD" "${generator[@]}" -DCMAKE_PREFIX_PATH="$(cat "$CACHE/torch_prefix")" >&2
-fi
-cmake --build "$BUILD" --target summarize -j "${INCRELORA_JOBS:-2}" >&2
+PROGRAM=summarize
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ensure_setup venv/bin/python
+build_program summarize
 
 args=("$@")
-has_data=0
-has_model=0
-for a in "${args[@]}"; do
-  case "$a" in
-    --dataset_name|--dataset_name=*|--train_file|--train_file=*|--validation_file|--validation_file=*) has_data=1 ;;
-    --model_name_or_path|--model_name_or_path=*|--model_dir|--model_dir=*) has_model=1 ;;
-  esac
-done
-if [ "$has_data" -eq 0 ]; then
+if ! has_flag --dataset_name --train_file --validation_file -- "${args[@]}"; then
   if [ -d "$SHARED_DATA/summarization" ]; then
     args+=(--dataset_name "$SHARED_DATA/summarization")
   else
     log "no --dataset_name given and $SHARED_DATA/summarization does not exist: pass a file or folder"
   fi
 fi
-if [ "$has_model" -eq 0 ]; then
+if ! has_flag --model_name_or_path --model_dir -- "${args[@]}"; then
   tiny="$CACHE/models/tiny-bart"
   "$CACHE/venv/bin/python" "$ROOT/scripts/make_tiny_bart.py" --data_dir "$SHARED_DATA" --out "$tiny" >&2
   log "no --model_name_or_path given: using the random-initialised BART in $tiny"

@@ -401,7 +401,6 @@ int run(int argc, char** argv) {
   tok.pad_id = tokenizer.pad_id();
   tok.decoder_start_id = config.decoder_start_token_id;
   const auto val_target = a.val_max_target_length > 0 ? a.val_max_target_length : a.max_target_length;
-  std::vector<std::string> docs, sums;
   std::vector<app::Feature> train_features, eval_features;
   const auto texts = [](const std::vector<summarization::Example>& examples, bool document) {
     std::vector<std::string> out;

@@ -1,5 +1,6 @@
 // The glue program end to end on CPU: a few IncreLoRA steps on SST-2, CoLA and MRPC with the shared data and
 // all-MiniLM-L6-v2, the rank budget met, and the metrics, rank pattern and log written.
+#include "program_runs.hpp"
 #include "support.hpp"
 
 #include <increlora/report.hpp>
@@ -15,19 +16,9 @@
 
 namespace {
 
-nlohmann::json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  INFO("reading " << path);
-  REQUIRE(in.good());
-  nlohmann::json j;
-  in >> j;
-  return j;
-}
-
-int run(const std::string& command) {
-  const int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+using increlora::test::read_json;
+using increlora::test::read_text;
+using increlora::test::run;
 
 }  // namespace
 

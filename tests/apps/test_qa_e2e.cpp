@@ -1,6 +1,7 @@
 // The qa program end to end on CPU: a few IncreLoRA steps of SQuAD v2 on the shared sample (training on most of
 // its paragraphs, evaluating on the rest) with all-MiniLM-L6-v2; the budget met, the official metrics and the
 // prediction files written, and the metrics equal to those recomputed from predictions.json.
+#include "program_runs.hpp"
 #include "support.hpp"
 
 #include <increlora/tasks/squad.hpp>
@@ -18,24 +19,9 @@
 
 namespace {
 
-nlohmann::json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  INFO("reading " << path);
-  REQUIRE(in.good());
-  nlohmann::json j;
-  in >> j;
-  return j;
-}
-
-int run(const std::string& command) {
-  const int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using increlora::test::read_json;
+using increlora::test::read_text;
+using increlora::test::run;
 
 std::string sample_path() { return increlora::test::shared_dir() + "/data/qa/squad_v2_sample.json"; }
 

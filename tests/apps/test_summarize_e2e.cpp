@@ -2,6 +2,7 @@
 // ctest fixture tiny_bart: scripts/make_tiny_bart.py): a short IncreLoRA run lowers the dev loss below the
 // untrained model's, meets the rank budget, and writes ROUGE that equals what rouge::corpus_score gives on the
 // predictions it wrote; bad flags are refused with a message naming the flag.
+#include "program_runs.hpp"
 #include "support.hpp"
 #include "temp_dir.hpp"
 
@@ -21,26 +22,11 @@
 
 namespace {
 
+using increlora::test::read_json;
+using increlora::test::read_text;
+using increlora::test::run;
+
 namespace fs = std::filesystem;
-
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  INFO("reading " << path);
-  REQUIRE(in.good());
-  nlohmann::json j;
-  in >> j;
-  return j;
-}
-
-int run(const std::string& command) {
-  const int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 std::string tiny_bart() {
   const std::string dir = INCRELORA_TINY_BART_DIR;
