@@ -423,17 +423,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::invalid_argument& e) {
-    fmt::print(stderr, "qa: {}\n(qa --help lists the flags)\n", e.what());
-    return 2;
-  } catch (const c10::Error& e) {
-    fmt::print(stderr, "qa: {}\n", e.what_without_backtrace());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "qa: {}\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return increlora::apps::run_program("qa", run, argc, argv); }

@@ -1,5 +1,6 @@
 #include <increlora/apps/flags.hpp>
 
+#include <c10/util/Exception.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -189,6 +190,21 @@ void Flags::set(const Flag& f, const std::string& text) {
       if (!is_bool_text(text)) bad("True or False");
       *static_cast<bool*>(f.target) = text == "true" || text == "True" || text == "1";
       break;
+  }
+}
+
+int run_program(const std::string& program, const std::function<int(int, char**)>& run, int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "{}: {}\n({} --help lists the flags)\n", program, e.what(), program);
+    return 2;
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "{}: {}\n", program, e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}: {}\n", program, e.what());
+    return 1;
   }
 }
 

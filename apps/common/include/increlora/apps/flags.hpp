@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -67,5 +68,10 @@ class Flags {
 bool is_bool_text(const std::string& text);
 /// "a, b ,c" → {"a", "b", "c"} (blanks trimmed, empty items dropped).
 std::vector<std::string> split_commas(const std::string& text);
+
+/// A program's main(): runs `run` and turns what it throws into a message on stderr and an exit status — 2 for a
+/// bad flag (std::invalid_argument, with a pointer to --help), 1 for any other error (c10::Error without its
+/// backtrace).
+int run_program(const std::string& program, const std::function<int(int, char**)>& run, int argc, char** argv);
 
 }  // namespace increlora::apps
