@@ -1,0 +1,1 @@
+#include "increlora/distributed.hpp"
