@@ -4,6 +4,7 @@
 #include "increlora/optim.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <limits>
@@ -43,10 +44,35 @@ void check_options(const RankAllocatorOptions& o) {
                   ">= 1 (got ", o.target_rank(), ").");
 }
 
+// The most total rank `rounds` allocation rounds can reach from `total` when every round grows the top_h layers
+// with the most room (`room` per layer) by up to `per_layer` each: the best any scores could do.
+int64_t best_reachable_total(std::vector<int64_t> room, int64_t rounds, int64_t top_h, int64_t per_layer,
+                             int64_t total, int64_t budget) {
+  std::vector<int64_t> order(room.size());
+  for (int64_t k = 0; k < rounds && total < budget; ++k) {
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&room](int64_t a, int64_t b) { return room[a] > room[b]; });
+    int64_t grown = 0;
+    for (int64_t i = 0; i < std::min<int64_t>(top_h, static_cast<int64_t>(order.size())); ++i) {
+      const int64_t grow = std::min({per_layer, room[order[i]], budget - total});
+      room[order[i]] -= grow;
+      total += grow;
+      grown += grow;
+    }
+    if (grown == 0) break;  // every layer is full: later rounds cannot add anything either
+  }
+  return total;
+}
+
 }  // namespace
 
 int64_t rank_budget(const RankAllocatorOptions& options, int64_t layers) {
-  return options.target_total_rank() > 0 ? options.target_total_rank() : options.target_rank() * layers;
+  if (options.target_total_rank() > 0) return options.target_total_rank();
+  int64_t budget = 0;
+  INCRELORA_CHECK(!__builtin_mul_overflow(options.target_rank(), layers, &budget), "RankAllocatorOptions: "
+                  "target_rank × layers (", options.target_rank(), " × ", layers, ") overflows a 64-bit rank; lower "
+                  "target_rank or give the budget as target_total_rank.");
+  return budget;
 }
 
 int64_t resolved_incre_rank_num(const RankAllocatorOptions& options, int64_t layers) {
@@ -57,10 +83,16 @@ int64_t resolved_incre_rank_num(const RankAllocatorOptions& options, int64_t lay
 
 int64_t recommended_capacity(const RankAllocatorOptions& options, int64_t layers) {
   INCRELORA_CHECK(layers >= 1, "recommended_capacity: layers must be >= 1 (got ", layers, ").");
-  const int64_t average_target =
-      std::max<int64_t>(options.lora_r(), (rank_budget(options, layers) + layers - 1) / layers);
+  const int64_t budget = rank_budget(options, layers);
+  // ceil(budget / layers) and 4 × it + reserve, without the wrap of budget + layers - 1 or of the product.
+  const int64_t average_target = std::max<int64_t>(options.lora_r(), budget / layers + (budget % layers != 0));
   const int64_t reserve = options.advance_learn() ? resolved_incre_rank_num(options, layers) : 0;
-  return std::max<int64_t>(16, 4 * average_target + reserve);
+  int64_t capacity = 0;
+  INCRELORA_CHECK(!__builtin_mul_overflow(average_target, int64_t{4}, &capacity) &&
+                      !__builtin_add_overflow(capacity, reserve, &capacity),
+                  "recommended_capacity: 4 × the average target rank (", average_target, ") plus the reserve (",
+                  reserve, ") overflows a 64-bit capacity; lower target_rank or target_total_rank.");
+  return std::max<int64_t>(16, capacity);
 }
 
 RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions options)
@@ -88,9 +120,14 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
   int64_t total_capacity = 0;
   const int64_t reserve = options_.advance_learn() ? incre_rank_num_ : 0;
   for (const auto& [name, m] : modules_) {
-    INCRELORA_CHECK(m->capacity() >= m->rank() + reserve, "RankAllocator: layer '", name, "' has capacity ",
+    // Compared as room, so that a huge incre_rank_num cannot wrap rank + reserve (nor the advised capacity).
+    int64_t needed = 0;
+    const bool needed_fits = !__builtin_add_overflow(m->rank(), reserve, &needed);
+    INCRELORA_CHECK(m->capacity() - m->rank() >= reserve, "RankAllocator: layer '", name, "' has capacity ",
                     m->capacity(), ", too small for rank ", m->rank(), " plus an advance-learning reserve of ",
-                    reserve, "; build it with capacity(", m->rank() + reserve, ") or more.");
+                    reserve, " (incre_rank_num); build it with capacity(",
+                    needed_fits ? std::to_string(needed) : std::string("rank + reserve"), ") or more, or lower "
+                    "incre_rank_num.");
     total_capacity += m->capacity();
   }
   INCRELORA_CHECK(total_capacity >= budget_, "RankAllocator: the layers can hold ", total_capacity,
@@ -99,8 +136,12 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
   INCRELORA_CHECK(options_.top_h() <= layers || budget_ == initial_total_, "RankAllocator: top_h is ",
                   options_.top_h(), " but the model has only ", layers, " adapted layers, so at most ", layers,
                   " can grow per round and the schedule would miss the budget; use top_h(", layers, ") or less.");
-  const int64_t per_round = options_.top_h() * incre_rank_num_;
-  planned_rounds_ = (budget_ - initial_total_ + per_round - 1) / per_round;
+  int64_t per_round = 0;
+  INCRELORA_CHECK(!__builtin_mul_overflow(options_.top_h(), incre_rank_num_, &per_round), "RankAllocator: top_h × "
+                  "incre_rank_num (", options_.top_h(), " × ", incre_rank_num_, ") overflows a 64-bit rank; lower "
+                  "incre_rank_num.");
+  const int64_t need = budget_ - initial_total_;
+  planned_rounds_ = need / per_round + (need % per_round != 0);  // ceil without the overflow of need + per_round
   if (planned_rounds_ > 0) {
     // allocation_step(planned_rounds) in int64 arithmetic, checked: an init_warmup near INT64_MAX would wrap.
     const int64_t interval = options_.incre_interval();
@@ -110,17 +151,9 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
                           __builtin_add_overflow(first, span, &last);
     INCRELORA_CHECK(!overflow, "RankAllocator: the schedule's steps overflow a 64-bit step count (init_warmup ",
                     options_.init_warmup(), ", incre_interval ", interval, ", ", planned_rounds_,
-                    " rounds); lower init_warmup or incre_interval.");
+                    " rounds); lower init_warmup or incre_interval so that the last round's step fits in int64.");
     check_plan();
-  }
-  if (options_.total_step() > 0 && planned_rounds_ > 0) {
-    const int64_t last = allocation_step(planned_rounds_);
-    INCRELORA_CHECK(last < options_.total_step(), "RankAllocator: the schedule does not fit in total_step = ",
-                    options_.total_step(), ": growing from ", initial_total_, " to ", budget_, " total rank takes ",
-                    planned_rounds_, " rounds of top_h × incre_rank_num = ", options_.top_h(), " × ", incre_rank_num_,
-                    ", the last at step ", last, " (init_warmup ", options_.init_warmup(), ", incre_interval ",
-                    options_.incre_interval(), "). Raise total_step, top_h or incre_rank_num, or lower init_warmup "
-                    "or incre_interval.");
+    if (options_.total_step() > 0) check_total_step();
   }
   window_ = options_.score_window() > 0
                 ? options_.score_window()
@@ -133,7 +166,9 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
   sensitivity_ = torch::zeros({layers}, opts);
   uncertainty_ = torch::zeros({layers}, opts);
   finite_ = torch::ones({}, opts.dtype(torch::kBool));
+  step_non_finite_ = torch::zeros({layers}, opts.dtype(torch::kBool));
   non_finite_ = torch::zeros({}, opts.dtype(torch::kLong));
+  non_finite_layers_ = torch::zeros({layers}, opts.dtype(torch::kBool));
 
   if (budget_ == initial_total_) {
     budget_met_ = true;
@@ -146,25 +181,75 @@ RankAllocator::RankAllocator(torch::nn::Module& model, RankAllocatorOptions opti
 RankAllocator::~RankAllocator() { disarm(); }
 
 void RankAllocator::check_plan() const {
-  // The best any scores could do over the planned rounds: each round grows the top_h layers with the most room
-  // by incre_rank_num (less where a layer fills up). A plan that falls short even so cannot meet the budget.
+  // A plan that falls short even when every round picks the layers with the most room cannot meet the budget,
+  // whatever the scores: the layers fill up first.
   std::vector<int64_t> room;
-  for (const auto& entry : modules_) room.push_back(entry.second->capacity() - entry.second->rank());
-  int64_t total = initial_total_;
-  for (int64_t k = 0; k < planned_rounds_ && total < budget_; ++k) {
-    std::vector<int64_t> order(room.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&room](int64_t a, int64_t b) { return room[a] > room[b]; });
-    for (int64_t i = 0; i < std::min<int64_t>(options_.top_h(), static_cast<int64_t>(order.size())); ++i) {
-      const int64_t grow = std::min({incre_rank_num_, room[order[i]], budget_ - total});
-      room[order[i]] -= grow;
-      total += grow;
+  int64_t widest = 0, largest_rank = 0;
+  for (const auto& entry : modules_) {
+    room.push_back(entry.second->capacity() - entry.second->rank());
+    widest = std::max(widest, entry.second->capacity());
+    largest_rank = std::max(largest_rank, entry.second->rank());
+  }
+  const auto reach = [&](const std::vector<int64_t>& r) {
+    return best_reachable_total(r, planned_rounds_, options_.top_h(), incre_rank_num_, initial_total_, budget_);
+  };
+  const int64_t total = reach(room);
+  if (total == budget_) return;
+  // The smallest capacity that, given to every layer smaller than it, makes the plan feasible: a layer never
+  // needs more than planned_rounds × incre_rank_num above its rank, so the search is bounded.
+  int64_t lo = widest, hi = largest_rank;
+  if (__builtin_mul_overflow(planned_rounds_, incre_rank_num_, &hi) || __builtin_add_overflow(hi, largest_rank, &hi)) {
+    hi = std::numeric_limits<int64_t>::max();
+  }
+  hi = std::max(hi, lo);
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    std::vector<int64_t> widened;
+    for (const auto& entry : modules_) {
+      widened.push_back(std::max(mid, entry.second->capacity()) - entry.second->rank());
+    }
+    if (reach(widened) == budget_) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
     }
   }
-  INCRELORA_CHECK(total == budget_, "RankAllocator: the layers fill up before the budget is met: with their "
-                  "capacities, ", planned_rounds_, " rounds of top_h × incre_rank_num = ", options_.top_h(), " × ",
-                  incre_rank_num_, " reach at most ", total, " of the ", budget_, " total rank; raise the layers' "
-                  "capacity (recommended_capacity(options, layers)) or lower the target.");
+  INCRELORA_CHECK(false, "RankAllocator: the layers fill up before the budget is met: with their capacities, ",
+                  planned_rounds_, " rounds of top_h × incre_rank_num = ", options_.top_h(), " × ", incre_rank_num_,
+                  " reach at most ", total, " of the ", budget_, " total rank; raise the layers' capacity to at least ",
+                  lo, " (recommended_capacity(options, layers) sizes it for a plan), or lower the target.");
+}
+
+void RankAllocator::check_total_step() const {
+  const int64_t last = allocation_step(planned_rounds_);
+  if (last < options_.total_step()) return;
+  // What would fit: the allocation steps before total_step, and the top_h that fills the budget in them.
+  const int64_t interval = options_.incre_interval(), first = allocation_step(1);
+  const int64_t available = first < options_.total_step() ? (options_.total_step() - 1 - first) / interval + 1 : 0;
+  std::string top_h_advice;
+  if (available > 0) {
+    const int64_t need = budget_ - initial_total_, per_round = need / available + (need % available != 0);
+    const int64_t top_h = per_round / incre_rank_num_ + (per_round % incre_rank_num_ != 0);
+    if (top_h <= static_cast<int64_t>(modules_.size())) top_h_advice = fmt::format(", raise top_h to at least {}", top_h);
+  } else {
+    top_h_advice = fmt::format(" (no allocation step comes before it: the first is at step {})", first);
+  }
+  INCRELORA_CHECK(false, "RankAllocator: the schedule does not fit in total_step = ", options_.total_step(),
+                  ": growing from ", initial_total_, " to ", budget_, " total rank takes ", planned_rounds_,
+                  " rounds of top_h × incre_rank_num = ", options_.top_h(), " × ", incre_rank_num_,
+                  ", the last at step ", last, " (init_warmup ", options_.init_warmup(), ", incre_interval ",
+                  options_.incre_interval(), "). Raise total_step to at least ", last + 1, top_h_advice,
+                  ", or raise incre_rank_num, or lower init_warmup or incre_interval.");
+}
+
+std::vector<std::string> RankAllocator::layer_names(const torch::Tensor& mask) const {
+  const auto flags = mask.to(torch::kCPU, torch::kBool).contiguous();
+  const auto* f = flags.data_ptr<bool>();
+  std::vector<std::string> names;
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    if (f[i]) names.push_back(modules_[i].first);
+  }
+  return names;
 }
 
 int64_t RankAllocator::allocation_step(int64_t k) const {
@@ -181,6 +266,8 @@ bool RankAllocator::is_scoring_step(int64_t global_step) const {
   if (budget_met_ || options_.random_allocation()) return false;
   if (options_.exact_scoring()) return true;
   const int64_t interval = options_.incre_interval();
+  // No allocation step fits in int64 after this one: nothing to score for (and the rounding below would wrap).
+  if (global_step > std::numeric_limits<int64_t>::max() - interval) return false;
   const int64_t next_allocation =
       global_step <= options_.init_warmup() ? allocation_step(1) : (global_step + interval - 1) / interval * interval;
   return next_allocation - global_step < window_;
@@ -192,6 +279,10 @@ void RankAllocator::arm(int64_t global_step) {
     accum_ = accum_.to(device);
     sensitivity_ = sensitivity_.to(device);
     uncertainty_ = uncertainty_.to(device);
+    finite_ = finite_.to(device);
+    step_non_finite_ = step_non_finite_.to(device);
+    non_finite_ = non_finite_.to(device);
+    non_finite_layers_ = non_finite_layers_.to(device);
     armed_step_ = -1;
   }
   if (armed_step_ < 0) {
@@ -301,7 +392,7 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
   }
   std::vector<AllocationEvent> events;
   if (is_allocation_step(global_step) || pending_round_) events = allocate(global_step, scored_now);
-  if (is_scoring_step(global_step + 1)) {
+  if (global_step < std::numeric_limits<int64_t>::max() && is_scoring_step(global_step + 1)) {
     arm(global_step + 1);
   } else {
     disarm();
@@ -312,8 +403,10 @@ std::vector<AllocationEvent> RankAllocator::update_and_increase(torch::nn::Modul
 void RankAllocator::update_emas(torch::Tensor score, int64_t global_step) {
   // On the device, without reading anything back: a step whose scores are not all finite leaves the EMAs as
   // they were (computed on zeros, then not taken) and is counted.
-  finite_ = torch::isfinite(score).all();
+  step_non_finite_ = torch::isfinite(score).logical_not_();
+  finite_ = step_non_finite_.any().logical_not();
   non_finite_.add_(finite_.logical_not().to(torch::kLong));
+  non_finite_layers_.logical_or_(step_non_finite_);
   score = torch::where(finite_, score, torch::zeros_like(score));
   const auto old_sensitivity = sensitivity_.clone(), old_uncertainty = uncertainty_.clone();
   const double b1 = options_.beta1(), b2 = options_.beta2();
@@ -354,13 +447,16 @@ std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step, bool s
     skipped.round = round_ + 1;
     skipped.skipped_non_finite = true;
     skipped.non_finite_steps = non_finite;
-    log(fmt::format("increlora: step {} round {}: skipped, the scores of this step are not finite ({} such scored "
-                    "step(s) since the last round); the round runs at the next step", global_step, round_ + 1,
-                    non_finite));
+    skipped.non_finite_modules = layer_names(step_non_finite_);
+    log(fmt::format("increlora: step {} round {}: skipped, the scores of this step are not finite in {} ({} such "
+                    "scored step(s) since the last round); the round runs at the next step", global_step, round_ + 1,
+                    fmt::join(skipped.non_finite_modules, ", "), non_finite));
     return {skipped};
   }
+  const auto non_finite_modules = non_finite > 0 ? layer_names(non_finite_layers_) : std::vector<std::string>();
   pending_round_ = false;
   non_finite_.zero_();
+  non_finite_layers_.zero_();
   ++round_;
   const auto order = allocation_order(s);
 
@@ -371,7 +467,12 @@ std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step, bool s
   for (int64_t idx : order) {
     if (chosen == options_.top_h() || remaining == 0) break;
     auto& [name, m] = modules_[idx];
-    AllocationEvent event{global_step, round_, name, m->rank(), m->rank(), static_cast<double>(s[idx]), false};
+    AllocationEvent event;
+    event.step = global_step;
+    event.round = round_;
+    event.module = name;
+    event.old_rank = event.new_rank = m->rank();
+    event.score = static_cast<double>(s[idx]);
     const int64_t room = m->capacity() - m->rank();
     if (room == 0) {
       event.at_capacity = true;
@@ -385,7 +486,10 @@ std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step, bool s
     ++chosen;
     events.push_back(event);
   }
-  if (!events.empty()) events.front().non_finite_steps = non_finite;
+  if (!events.empty()) {
+    events.front().non_finite_steps = non_finite;
+    events.front().non_finite_modules = non_finite_modules;
+  }
   if (total_rank_ == budget_) {
     budget_met_ = true;
     for (auto& entry : modules_) entry.second->set_reserve(0);
@@ -399,7 +503,8 @@ std::vector<AllocationEvent> RankAllocator::allocate(int64_t global_step, bool s
     }
     log(fmt::format("increlora: step {} round {}: total rank {}/{}{}:{}{}", global_step, round_, total_rank_, budget_,
                     budget_met_ ? " (budget met)" : "", grown,
-                    non_finite > 0 ? fmt::format(" ({} scored step(s) with non-finite scores left out)", non_finite)
+                    non_finite > 0 ? fmt::format(" ({} scored step(s) with non-finite scores left out, in {})",
+                                                 non_finite, fmt::join(non_finite_modules, ", "))
                                    : std::string()));
   }
   return events;
@@ -443,6 +548,7 @@ RankAllocatorState RankAllocator::state() const {
   state.last_step = last_step_;
   state.pending_round = pending_round_;
   state.non_finite_steps = non_finite_.item<int64_t>();
+  state.non_finite_layers = non_finite_layers_.to(torch::kCPU).clone();
   state.sensitivity = sensitivity_.to(torch::kCPU).clone();
   state.uncertainty = uncertainty_.to(torch::kCPU).clone();
   return state;
@@ -459,6 +565,9 @@ void RankAllocator::load_state(const RankAllocatorState& state) {
   for (const auto& entry : modules_) total += entry.second->rank();
   INCRELORA_CHECK(total == state.total_rank, "RankAllocator::load_state: the model's layers have total rank ",
                   total, " but the state says ", state.total_rank, "; restore the adapter before the allocator.");
+  INCRELORA_CHECK(!state.non_finite_layers.defined() || state.non_finite_layers.numel() == layers,
+                  "RankAllocator::load_state: non_finite_layers has ", state.non_finite_layers.numel(), " entries but "
+                  "the model has ", layers, " adapted layers; restore it on the model it was saved from.");
   disarm();
   round_ = state.round;
   total_rank_ = state.total_rank;
@@ -472,6 +581,11 @@ void RankAllocator::load_state(const RankAllocatorState& state) {
   pending_round_ = state.pending_round;
   finite_ = torch::ones({}, sensitivity_.options().dtype(torch::kBool));
   non_finite_ = torch::full({}, state.non_finite_steps, sensitivity_.options().dtype(torch::kLong));
+  step_non_finite_ = torch::zeros({layers}, sensitivity_.options().dtype(torch::kBool));
+  non_finite_layers_ = torch::zeros({layers}, sensitivity_.options().dtype(torch::kBool));
+  if (state.non_finite_layers.defined()) {
+    non_finite_layers_.copy_(state.non_finite_layers.reshape({layers}).to(torch::kBool));
+  }
   if (!budget_met_ && state.armed_step >= 0) arm(state.armed_step);
 }
 

@@ -11,11 +11,16 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <thread>
 #include <cmath>
 #include <optional>
 #include <tuple>
 #include <set>
 #include <type_traits>
+
+#include <unistd.h>
 
 namespace increlora {
 namespace {
@@ -46,21 +51,33 @@ std::pair<int64_t, int64_t> read_slot_layout(const torch::Tensor& state, const s
   return {active, reserve};
 }
 
-template <typename T>
-T json_field(const ordered_json& object, const std::string& key, const std::string& what) {
+const ordered_json& json_value(const ordered_json& object, const std::string& key, const std::string& what) {
   INCRELORA_CHECK(object.is_object() && object.contains(key), what, " has no \"", key,
                   "\"; the file is corrupted or was not written by save_adapter.");
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-    // nlohmann converts 16.9 to 16 without a word: an integer field must hold an integer.
-    INCRELORA_CHECK(object.at(key).is_number_integer(), what, ": \"", key, "\" must be an integer, got ",
-                    object.at(key).dump(), "; the file is corrupted.");
+  return object.at(key);
+}
+
+// A field of the type T, checked before nlohmann converts it: it would turn 16.9 into 16, true into 1.0 and
+// 2^64-1 into -1 without a word.
+template <typename T>
+T json_field(const ordered_json& object, const std::string& key, const std::string& what) {
+  const auto& v = json_value(object, key, what);
+  if constexpr (std::is_same_v<T, bool>) {
+    INCRELORA_CHECK(v.is_boolean(), what, ": \"", key, "\" must be true or false, got ", v.dump(),
+                    "; the file is corrupted.");
+  } else if constexpr (std::is_integral_v<T>) {
+    const bool fits = v.is_number_integer() &&
+                      !(v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX));
+    INCRELORA_CHECK(fits, what, ": \"", key, "\" must be an integer, got ", v.dump(), "; the file is corrupted.");
+  } else if constexpr (std::is_floating_point_v<T>) {
+    INCRELORA_CHECK(v.is_number(), what, ": \"", key, "\" must be a number, got ", v.dump(),
+                    "; the file is corrupted.");
+  } else {
+    static_assert(std::is_same_v<T, std::string>);
+    INCRELORA_CHECK(v.is_string(), what, ": \"", key, "\" must be a string, got ", v.dump(),
+                    "; the file is corrupted.");
   }
-  try {
-    return object.at(key).get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    INCRELORA_CHECK(false, what, ": \"", key, "\" has the wrong type (", e.what(), "); the file is corrupted.");
-  }
-  return T();
+  return v.get<T>();
 }
 
 ordered_json read_json(const std::string& path, const std::string& what) {
@@ -73,9 +90,88 @@ ordered_json read_json(const std::string& path, const std::string& what) {
   return {};
 }
 
-}  // namespace
+// ---- the adapter folder's commit ------------------------------------------------------------------------------
+// save_adapter keeps the folder's other files (a trained head, a rank report) and replaces its two own files,
+// which cannot be renamed in one step. So the new version is first written whole into the staging folder
+// "<dir>/adapter.tmp-<pid>-<tag>" (both files flushed, each carrying the save's id), then committed by two
+// renames, the tensors first. Between them the folder holds the new tensors beside the old config, whose ids
+// differ; the config that completes them is still in the staging folder, and load_adapter reads it from there
+// (and, when its writer died, finishes the commit). Before the first rename the previous version is untouched;
+// after the second, the staging folder is empty. A reader thus always gets one save's files, and a killed save
+// leaves at most that one stray folder, which the next load or save removes.
 
-void save_adapter(const torch::nn::Module& model, const std::string& dir, const std::string& bias) {
+constexpr const char* kStagingBase = "adapter";
+constexpr const char* kSaveIdKey = "save_id";            // adapter_config.json
+constexpr const char* kSaveIdMetadata = "increlora_save_id";  // adapter.safetensors' metadata
+
+std::string config_save_id(const ordered_json& config, const std::string& what) {
+  if (!config.is_object() || !config.contains(kSaveIdKey)) return "";
+  return json_field<std::string>(config, kSaveIdKey, what);
+}
+
+std::string tensors_save_id(const SafetensorsFile& file) {
+  const auto it = file.metadata().find(kSaveIdMetadata);
+  return it == file.metadata().end() ? std::string() : it->second;
+}
+
+// Ids are compared only when both files carry one: files of older saves, or rewritten by hand, have none.
+bool same_save(const std::string& a, const std::string& b) { return a.empty() || b.empty() || a == b; }
+
+void remove_dead_adapter_strays(const std::string& dir) {
+  detail::remove_dead_strays(dir, kStagingBase);
+  // Left by the saves before the staging folder, which wrote each file beside its final name.
+  detail::remove_dead_strays(dir, kAdapterTensorsFile);
+  detail::remove_dead_strays(dir, kAdapterConfigFile);
+}
+
+struct AdapterFiles {
+  ordered_json config;
+  std::shared_ptr<const SafetensorsFile> tensors;
+};
+
+// The config and tensors of one save: see "the adapter folder's commit" above.
+AdapterFiles read_adapter_files(const std::string& dir) {
+  const auto config_path = join_path(dir, kAdapterConfigFile);
+  const std::string what = fmt::format("load_adapter: the adapter config '{}'", config_path);
+  for (int attempt = 0;; ++attempt) {
+    INCRELORA_CHECK(detail::path_exists(config_path), "load_adapter: '", dir, "' has no ", kAdapterConfigFile,
+                    "; pass a folder written by save_adapter.");
+    AdapterFiles files{read_json(config_path, "load_adapter: the adapter config"), nullptr};
+    files.tensors = std::make_shared<const SafetensorsFile>(join_path(dir, kAdapterTensorsFile));
+    const auto tensors_id = tensors_save_id(*files.tensors);
+    if (same_save(config_save_id(files.config, what), tensors_id)) {
+      remove_dead_adapter_strays(dir);
+      return files;
+    }
+    // The tensors are newer than the config: a save between its two renames.
+    for (const auto& stray : detail::find_strays(dir, kStagingBase)) {
+      const auto pending_path = join_path(stray.path, kAdapterConfigFile);
+      if (stray.old || !detail::path_exists(pending_path)) continue;
+      ordered_json pending;
+      try {
+        pending = read_json(pending_path, "load_adapter: the pending adapter config");
+      } catch (const c10::Error&) {
+        continue;  // renamed away meanwhile
+      }
+      if (config_save_id(pending, what) != tensors_id) continue;
+      if (detail::process_alive(stray.pid)) {
+        files.config = std::move(pending);  // its writer renames it in a moment; read it where it is
+        return files;
+      }
+      if (::rename(pending_path.c_str(), config_path.c_str()) == 0) detail::sync_directory(dir);
+      break;
+    }
+    // Finished the dead writer's commit, or a live one finished it meanwhile: read again.
+    INCRELORA_CHECK(attempt < 50, "load_adapter: '", dir, "' holds ", kAdapterTensorsFile, " of the save ",
+                    tensors_id, " but ", kAdapterConfigFile, " of the save ", config_save_id(files.config, what),
+                    ", and no save in progress holds the config that belongs to the tensors: the folder was "
+                    "written by hand or corrupted; save the adapter again.");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+void write_adapter(const torch::nn::Module& model, const std::string& dir, const std::string& bias,
+                   const std::string& save_id) {
   const auto layers = named_svd_linears(model, /*adapters_only=*/true);
   INCRELORA_CHECK(!layers.empty(), "save_adapter: the model has no SVDLinear layer with an adapter (r > 0), so "
                   "there is nothing to save.");
@@ -85,6 +181,7 @@ void save_adapter(const torch::nn::Module& model, const std::string& dir, const 
   ordered_json config = ordered_json::object();
   config["format"] = kAdapterFormat;
   config["format_version"] = kAdapterFormatVersion;
+  config[kSaveIdKey] = save_id;
   config["bias"] = bias;
   ordered_json pattern = ordered_json::object();
   ordered_json modules = ordered_json::object();
@@ -105,33 +202,84 @@ void save_adapter(const torch::nn::Module& model, const std::string& dir, const 
 
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& item : state) tensors.emplace_back(item.key(), item.value());
-  // The tensors first, the config last: a config always describes tensors that were fully written.
-  save_safetensors(join_path(dir, kAdapterTensorsFile), tensors,
-                   {{"format", "pt"}, {"increlora_format", kAdapterFormat},
-                    {"increlora_format_version", std::to_string(kAdapterFormatVersion)}});
-  detail::write_file_atomically(join_path(dir, kAdapterConfigFile), config.dump(2) + "\n");
+
+  remove_dead_adapter_strays(dir);
+  const auto staging = join_path(dir, std::string(kStagingBase) + ".tmp-" + save_id);
+  detail::make_directories(staging, "save_adapter");
+  bool tensors_committed = false;
+  try {
+    save_safetensors(join_path(staging, kAdapterTensorsFile), tensors,
+                     {{"format", "pt"}, {"increlora_format", kAdapterFormat},
+                      {"increlora_format_version", std::to_string(kAdapterFormatVersion)},
+                      {kSaveIdMetadata, save_id}});
+    detail::write_file_atomically(join_path(staging, kAdapterConfigFile), config.dump(2) + "\n");
+    detail::sync_directory(staging);
+    for (const char* file : {kAdapterTensorsFile, kAdapterConfigFile}) {
+      const auto from = join_path(staging, file), to = join_path(dir, file);
+      INCRELORA_CHECK(::rename(from.c_str(), to.c_str()) == 0, "save_adapter: could not rename '", from, "' to '",
+                      to, "': ", detail::errno_text(), "; check that the folder is writable.");
+      tensors_committed = true;
+    }
+  } catch (...) {
+    // Once the tensors are in place, the staged config is what completes them: it stays for load_adapter.
+    if (!tensors_committed) detail::remove_tree(staging);
+    throw;
+  }
+  detail::sync_directory(dir);
+  ::rmdir(staging.c_str());
 }
 
-std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std::string& dir) {
+}  // namespace
+
+namespace detail {
+
+void save_adapter(const torch::nn::Module& model, const std::string& dir, const std::string& bias,
+                  const std::string& save_id) {
+  write_adapter(model, dir, bias, save_id);
+}
+
+PreparedAdapter prepare_adapter_load(torch::nn::Module& model, const std::string& dir) {
+  const auto files = read_adapter_files(dir);
+  const auto& config = files.config;
+  const auto& file = *files.tensors;
   const auto config_path = join_path(dir, kAdapterConfigFile);
   const std::string what = fmt::format("load_adapter: the adapter config '{}'", config_path);
-  INCRELORA_CHECK(detail::path_exists(config_path), "load_adapter: '", dir, "' has no ", kAdapterConfigFile,
-                  "; pass a folder written by save_adapter.");
-  const auto config = read_json(config_path, "load_adapter: the adapter config");
   INCRELORA_CHECK(config.is_object() && config.contains("format") && config.at("format").is_string() &&
                       config.at("format").get<std::string>() == kAdapterFormat, what,
-                  " is not an increlora adapter config (its \"format\" is not \"", kAdapterFormat,
+                  " is not an increlora adapter config (its \"format\" is ",
+                  config.is_object() && config.contains("format") ? config.at("format").dump() : std::string("missing"),
+                  ", not \"", kAdapterFormat,
                   "\"); for a PEFT adapter use PEFT, for increlora pass a folder written by save_adapter.");
   const auto version = json_field<int64_t>(config, "format_version", what);
   INCRELORA_CHECK(version >= 1 && version <= kAdapterFormatVersion, what, " has format_version ", version,
                   " but this increlora reads versions 1 to ", kAdapterFormatVersion, "; update increlora.");
   const auto bias = json_field<std::string>(config, "bias", what);
+  // Checked here, where the message can name the file (lora_state_dict's own check cannot).
+  INCRELORA_CHECK(bias == "none" || bias == "all" || bias == "lora_only", what, ": \"bias\" must be \"none\", "
+                  "\"all\" or \"lora_only\", got \"", bias, "\"; the file is corrupted.");
   const auto& saved = config.contains("modules") ? config.at("modules") : ordered_json();
   INCRELORA_CHECK(saved.is_object(), what, " has no \"modules\" object; the file is corrupted.");
 
-  // The model must have the same adapted layers with the same shapes: check them all before copying.
+  // Every field is read (and its type checked) before the model is compared with it.
   std::vector<std::string> saved_names;
-  for (const auto& item : saved.items()) saved_names.push_back(item.key());
+  std::map<std::string, int64_t> saved_ranks;
+  int64_t saved_total = 0;
+  for (const auto& item : saved.items()) {
+    const auto& name = item.key();
+    saved_names.push_back(name);
+    const std::string layer_what = fmt::format("{}, layer '{}'", what, name);
+    INCRELORA_CHECK(item.value().is_object(), layer_what, ", is ", item.value().dump(), ", not an object; the file is "
+                    "corrupted.");
+    for (const char* key : {"in_features", "out_features", "r", "capacity", "rank", "reserve"}) {
+      INCRELORA_CHECK(json_field<int64_t>(item.value(), key, layer_what) >= 0, layer_what, ": \"", key,
+                      "\" is negative; the file is corrupted.");
+    }
+    (void)json_field<bool>(item.value(), "bias", layer_what);
+    for (const char* key : {"lora_alpha", "scaling", "lora_dropout"}) (void)json_field<double>(item.value(), key, layer_what);
+    saved_ranks[name] = json_field<int64_t>(item.value(), "rank", layer_what);
+    saved_total += saved_ranks[name];
+  }
+  // The model must have the same adapted layers with the same shapes: check them all before copying.
   const auto saved_list = fmt::format("{}", fmt::join(saved_names, ", "));
   const auto layers = named_svd_linears(model, /*adapters_only=*/true);
   std::set<std::string> in_model;
@@ -141,7 +289,7 @@ std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std:
                     "adapter in '", dir, "' has none for it (it has: ", saved_list, "); build the model with the "
                     "adapted layers the adapter was saved from.");
     const auto& s = saved.at(name);
-    const std::string layer_what = fmt::format("{}, layer '{}',", what, name);
+    const std::string layer_what = fmt::format("{}, layer '{}'", what, name);
     const auto in = json_field<int64_t>(s, "in_features", layer_what);
     const auto out = json_field<int64_t>(s, "out_features", layer_what);
     const auto capacity = json_field<int64_t>(s, "capacity", layer_what);
@@ -167,13 +315,15 @@ std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std:
                     "adapter was saved from.");
   }
 
-  const SafetensorsFile file(join_path(dir, kAdapterTensorsFile));
   const auto wanted = lora_state_dict(model, bias);
   std::set<std::string> expected;
   for (const auto& item : wanted) {
     expected.insert(item.key());
     INCRELORA_CHECK(file.contains(item.key()), "load_adapter: '", file.path(), "' has no tensor '", item.key(),
                     "' although its config lists the layer; the adapter is incomplete or corrupted.");
+    INCRELORA_CHECK(!item.value().is_floating_point() || c10::isFloatingType(file.dtype(item.key())),
+                    "load_adapter: '", file.path(), "' stores '", item.key(), "' as ", file.dtype(item.key()),
+                    ", not as floating point numbers; the adapter is corrupted.");
   }
   for (const auto& name : file.names()) {
     INCRELORA_CHECK(expected.count(name) == 1, "load_adapter: '", file.path(), "' holds a tensor '", name,
@@ -185,7 +335,7 @@ std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std:
         read_slot_layout(file.tensor(prefix + "lora_slot_state"), fmt::format("'{}' tensor '{}lora_slot_state'",
                                                                               file.path(), prefix));
     const auto& s = saved.at(name);
-    const std::string layer_what = fmt::format("{}, layer '{}',", what, name);
+    const std::string layer_what = fmt::format("{}, layer '{}'", what, name);
     INCRELORA_CHECK(active == json_field<int64_t>(s, "rank", layer_what) &&
                         reserve == json_field<int64_t>(s, "reserve", layer_what),
                     "load_adapter: layer '", name, "' has rank ", active, " and reserve ", reserve, " in '",
@@ -193,15 +343,51 @@ std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std:
                     " and reserve ", json_field<int64_t>(s, "reserve", layer_what),
                     "; the files do not belong together or are corrupted.");
   }
-  // Shapes were checked through the config; load_state_into checks every tensor again before it copies any.
-  load_state_into(model, file, [&expected](const std::string& n) { return expected.count(n) ? n : std::string(); },
-                  /*strict=*/false);
-  std::map<std::string, int64_t> pattern;
-  for (const auto& [name, m] : layers) {
-    m->sync_rank_state();
-    pattern[name] = m->rank();
+
+  // The config's summaries last, so that a rank edited in one place is reported against the tensors first.
+  if (config.contains("total_rank")) {
+    INCRELORA_CHECK(json_field<int64_t>(config, "total_rank", what) == saved_total, what, " has \"total_rank\" ",
+                    config.at("total_rank").dump(), " but its modules' ranks add up to ", saved_total,
+                    "; the file is corrupted.");
   }
-  return pattern;
+  if (config.contains("rank_pattern")) {
+    const auto& pattern = config.at("rank_pattern");
+    INCRELORA_CHECK(pattern.is_object() && pattern.size() == saved_ranks.size(), what, ": \"rank_pattern\" must be "
+                    "an object with one entry per module, got ", pattern.dump(), "; the file is corrupted.");
+    for (const auto& [name, rank] : saved_ranks) {
+      INCRELORA_CHECK(pattern.contains(name) && json_field<int64_t>(pattern, name, what + ", \"rank_pattern\"") == rank,
+                      what, ": \"rank_pattern\" does not give module '", name, "' its rank ", rank,
+                      "; the file is corrupted.");
+    }
+  }
+
+  PreparedAdapter prepared;
+  prepared.save_id = config_save_id(config, what);
+  prepared.ranks = saved_ranks;
+  auto tensors = files.tensors;
+  prepared.apply = [&model, tensors, expected, layers]() {
+    // Shapes were checked through the config; load_state_into checks every tensor again before it copies any.
+    load_state_into(model, *tensors,
+                    [&expected](const std::string& n) { return expected.count(n) ? n : std::string(); },
+                    /*strict=*/false);
+    std::map<std::string, int64_t> pattern;
+    for (const auto& [name, m] : layers) {
+      m->sync_rank_state();
+      pattern[name] = m->rank();
+    }
+    return pattern;
+  };
+  return prepared;
+}
+
+}  // namespace detail
+
+void save_adapter(const torch::nn::Module& model, const std::string& dir, const std::string& bias) {
+  write_adapter(model, dir, bias, detail::unique_tag());
+}
+
+std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std::string& dir) {
+  return detail::prepare_adapter_load(model, dir).apply();
 }
 
 void merge_and_export(const torch::nn::Module& model, const std::string& path,
@@ -388,7 +574,7 @@ PeftImport import_peft(torch::nn::Module& model, const std::string& dir, const s
     const auto name = key.substr(root.size());
     bool adapter = false;
     for (const char* part : {"lora_A", "lora_B", "lora_E"}) {
-      for (const std::string suffix : {std::string(".") + part + ".weight", std::string(".") + part}) {
+      for (const std::string& suffix : {std::string(".") + part + ".weight", std::string(".") + part}) {
         if (!adapter && name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
           adapter_keys[name.substr(0, name.size() - suffix.size())][part] = key;
           adapter = true;

@@ -49,7 +49,7 @@ struct RankAllocatorOptions {
   /// EMA coefficient of the uncertainty Ū ← β2 Ū + (1 − β2) |S − Ī|.
   TORCH_ARG(double, beta2) = 0.85;
   /// Total optimizer steps of the training run; when > 0 the allocator checks that the schedule ends
-  /// before it.
+  /// before it (0: the length is unknown, and only the plan's own feasibility is checked).
   TORCH_ARG(int64_t, total_step) = 0;
   /// Advance learning: each layer keeps `incre_rank_num` reserve triplets whose P and Q train while λ is
   /// held, so that a chosen layer's new triplets start from what they learned. On by default, as the
@@ -107,6 +107,10 @@ struct AllocationEvent {
   /// On the first event of a round (or the skipped one): scored steps since the previous round whose scores
   /// were not finite and were left out of the EMAs.
   int64_t non_finite_steps = 0;
+  /// On the skipped event: the layers whose scores at this step were not finite. On the first event of a
+  /// round: the layers with a non-finite score on any scored step since the previous round (registration
+  /// order). Read at the allocation, so that scoring steps cost no extra host synchronisation.
+  std::vector<std::string> non_finite_modules;
 };
 
 /// The allocator's state as plain data: what a checkpoint must keep so that training resumes exactly.
@@ -124,6 +128,8 @@ struct RankAllocatorState {
   bool pending_round = false;
   /// Scored steps with non-finite scores since the last round.
   int64_t non_finite_steps = 0;
+  /// Per layer (bool, CPU): a score that was not finite since the last round; undefined reads as none.
+  torch::Tensor non_finite_layers;
   torch::Tensor sensitivity;   ///< Ī per layer, float32, CPU
   torch::Tensor uncertainty;   ///< Ū per layer, float32, CPU
 };
@@ -140,8 +146,20 @@ struct RankAllocatorState {
 ///
 /// Non-finite scores (a NaN or inf in the input, the loss or the gradients) never grow a layer: such a scored
 /// step is left out of the EMAs (they stay finite), and an allocation step whose own scores are not finite
-/// skips its round to the next step, reporting it as an event (`skipped_non_finite`) and through the log sink.
-/// Steps must increase: a step seen already, or one before it, is refused naming both.
+/// skips its round to the next step, reporting it as an event (`skipped_non_finite`, with the layers at fault)
+/// and through the log sink; the next round's first event and log line report the scored steps left out
+/// (`non_finite_steps`, `non_finite_modules`). Training goes on: the next finite steps score normally.
+///
+/// Steps must increase: call `update_and_increase` once per optimizer step (with gradient accumulation, once
+/// after the step's last backward pass, not per micro-batch), with `global_step` larger than at the previous
+/// call (gaps are allowed). A step seen already, or one before it, is refused naming both, since a repeated
+/// call would read the same scores twice and could allocate twice at one step. The last step seen is part of
+/// `state()`: after `load_state`, continue after the restored step.
+///
+/// The plan is checked at construction: it is refused when top_h exceeds the adapted layers, when the layers'
+/// capacities cannot hold the budget over the planned rounds even at best, when the last planned round does not
+/// come before `total_step` (when > 0), or when the schedule's arithmetic overflows 64 bits; each message says
+/// which option to change and to what.
 class RankAllocator {
  public:
   RankAllocator(torch::nn::Module& model, RankAllocatorOptions options);
@@ -204,6 +222,8 @@ class RankAllocator {
   void update_emas(torch::Tensor score, int64_t global_step);
   torch::Tensor read_scores();
   void check_plan() const;
+  void check_total_step() const;
+  std::vector<std::string> layer_names(const torch::Tensor& mask) const;
 
   RankAllocatorOptions options_;
   const torch::nn::Module* model_;
@@ -223,8 +243,11 @@ class RankAllocator {
   double gradient_scale_ = 1.0;
   torch::Tensor sensitivity_;  // Ī
   torch::Tensor uncertainty_;  // Ū
-  torch::Tensor finite_;       // 0-dim bool on the device: the last EMA update's scores were finite
-  torch::Tensor non_finite_;   // 0-dim int64 on the device: non-finite scored steps since the last round
+  // On the device, so that checking scores costs no host synchronisation; read at allocations only.
+  torch::Tensor finite_;             // 0-dim bool: the last EMA update's scores were all finite
+  torch::Tensor step_non_finite_;    // [layers] bool: which of the last update's scores were not finite
+  torch::Tensor non_finite_;         // 0-dim int64: non-finite scored steps since the last round
+  torch::Tensor non_finite_layers_;  // [layers] bool: layers with a non-finite score since the last round
   int64_t last_step_ = -1;
   bool pending_round_ = false;
   const torch::optim::Optimizer* checked_optimizer_ = nullptr;

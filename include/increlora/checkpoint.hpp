@@ -23,8 +23,15 @@ inline constexpr int64_t kCheckpointFormatVersion = 1;
 ///     biases), and the default CPU (and CUDA) random generators' states, which growth draws from;
 ///   * `trainer_state.json`: `step`, the allocator's round and counters, the optimizer's type, parameter
 ///     groups (by name) with their options (learning rate included) and step counts.
-/// Supported optimizers: `torch::optim::Adam`, `AdamW` and `SGD`. The folder is built under a temporary name
-/// and renamed into place, so `dir` always holds either the previous checkpoint or the complete new one.
+/// Supported optimizers: `torch::optim::Adam`, `AdamW` and `SGD`.
+///
+/// A save is all-or-nothing, even when the process is killed in the middle: the new folder is written whole
+/// (and flushed to disk) beside `dir` as "<dir>.tmp-<pid>-<tag>", then swapped with `dir` in one atomic step
+/// (Linux's renameat2 RENAME_EXCHANGE; on a filesystem without it, two renames that park the previous version
+/// as "<dir>.old-<pid>-<tag>" for a moment, which `load_checkpoint` puts back if the writer died in between).
+/// Every file carries the save's id, so a reader never combines files of two saves. A killed save leaves at
+/// most one such stray beside `dir`; the next `save_checkpoint` or `load_checkpoint` of `dir` removes the
+/// strays of writers that are gone (never those of a live process).
 ///
 /// Example (save after `optimizer.step()` of step `step`, resume at `step + 1`):
 /// \code
@@ -41,7 +48,10 @@ void save_checkpoint(const std::string& dir, const torch::nn::Module& model, con
 /// every adapted layer at rank lora_r (the allocator's constructor requires it), the optimizer of the same type
 /// over the same parameters in the same groups. The adapter is restored first, then the allocator's state, the
 /// optimizer's, and with `restore_rng` the random generators' states (the only global state touched).
-/// Everything is checked before the model is modified; mismatches fail naming what differs.
+/// Everything is checked before the model, the allocator, the optimizer or a generator is modified (the
+/// adapter, the allocator's scores and counters, the optimizer's options and moments with their shapes and
+/// dtypes, the generators' states, every field of trainer_state.json with its type): mismatches and corrupted
+/// files fail naming the file and what differs, and leave all of them as they were.
 int64_t load_checkpoint(const std::string& dir, torch::nn::Module& model, RankAllocator& allocator,
                         torch::optim::Optimizer& optimizer, bool restore_rng = true);
 

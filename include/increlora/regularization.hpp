@@ -13,7 +13,8 @@ namespace increlora {
 /// \code
 ///   auto loss = criterion(model->forward(x), y) + increlora::compute_orth_regu(*model, 0.1);
 /// \endcode
-/// Throws when the model has no `SVDLinear` with an adapter.
+/// Throws when `regu_weight` is not a finite number >= 0 (NaN, ±inf, negative), or when the model has no
+/// `SVDLinear` with an adapter.
 torch::Tensor compute_orth_regu(const torch::nn::Module& model, double regu_weight = 0.1);
 
 }  // namespace increlora

@@ -7,6 +7,7 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,7 +30,14 @@ inline constexpr const char* kPeftConfigFile = "adapter_config.json";
 ///     lora_A, lora_E, lora_B and the rank buffers of each adapted layer, plus the biases `bias` selects);
 ///   * `adapter_config.json`: the format version, `bias`, the rank pattern {module: rank} and per layer its
 ///     shape, initial rank r, capacity, rank, reserve, lora_alpha, scaling and lora_dropout.
-/// Each file is written atomically, so an interrupted save leaves the previous files whole.
+/// Other files in `dir` are left alone.
+///
+/// A save is all-or-nothing, even when the process is killed in the middle: the new version is written whole
+/// (and flushed to disk) into a staging folder inside `dir`, "adapter.tmp-<pid>-<tag>", and only then renamed
+/// into place; both files carry the save's id, so `load_adapter` always reads the files of one save, the
+/// previous complete version or the new complete one (it completes a killed save's last rename itself). A
+/// killed save leaves at most that one staging folder, which the next `load_adapter` or `save_adapter` on
+/// `dir` removes once its writer is gone (never while the writer lives).
 ///
 /// Example:
 /// \code
@@ -43,9 +51,28 @@ void save_adapter(const torch::nn::Module& model, const std::string& dir, const 
 /// and whose `SVDLinear` layers were built with the same shapes, initial rank, capacity and lora_alpha (as
 /// before training: the saved ranks are restored here). Afterwards the model computes exactly what the saved
 /// one did. Everything is checked before anything is copied: a model that does not fit fails naming the first
-/// layer that differs and the shapes; missing, truncated or corrupted files fail naming the file. Returns the
-/// restored rank pattern {module: rank}.
+/// layer that differs and the shapes; missing, truncated or corrupted files fail naming the file, and a field
+/// of adapter_config.json of the wrong type (16.9 for an integer, a string for a number) fails naming the file
+/// and the field. A FIFO or device in place of a file is refused without blocking. Returns the restored rank
+/// pattern {module: rank}. Reading `dir` also removes what killed saves left there (see `save_adapter`).
 std::map<std::string, int64_t> load_adapter(torch::nn::Module& model, const std::string& dir);
+
+namespace detail {
+/// Internal (checkpoints): `load_adapter` in two halves, so that `load_checkpoint` checks the adapter together
+/// with everything else before it changes anything.
+struct PreparedAdapter {
+  std::string save_id;                    ///< the save the files come from ("" for files of older versions)
+  std::map<std::string, int64_t> ranks;   ///< module -> the rank the adapter restores
+  /// Copies the checked adapter into the model (the model passed to `prepare_adapter_load`, which must
+  /// outlive this call); returns the restored rank pattern.
+  std::function<std::map<std::string, int64_t>()> apply;
+};
+/// Reads and checks everything `load_adapter` would, without changing the model.
+PreparedAdapter prepare_adapter_load(torch::nn::Module& model, const std::string& dir);
+/// `save_adapter` with the given save id (a checkpoint's, so that its files can be told to belong together).
+void save_adapter(const torch::nn::Module& model, const std::string& dir, const std::string& bias,
+                  const std::string& save_id);
+}  // namespace detail
 
 /// Writes the plain model's weights with every adapter folded in (W + ΔW) as one safetensors file at `path`:
 /// every parameter and buffer of `model` by qualified name, except the adapter tensors (lora_*). The model
