@@ -19,6 +19,7 @@
 
 #include <increlora/apps/flags.hpp>
 #include <increlora/apps/output.hpp>
+#include <increlora/apps/launch.hpp>
 #include <increlora/apps/trainer.hpp>
 #include <increlora/apps/training_flags.hpp>
 #include <increlora/increlora.hpp>
@@ -163,7 +164,10 @@ int run(int argc, char** argv) {
   json args_json;
   const Args a = parse_args(argc, argv, args_json);
   const auto spec = glue::task_spec(a.task_name);
-  const auto device = apps::parse_device(a.t.device);
+  auto device = apps::parse_device(a.t.device);
+  // Under torchrun: this rank's GPU and the process group (rank 0 alone writes files and prints).
+  const auto launch = apps::join_launch("glue", device);
+  const bool writer = launch.writes_outputs();
   const auto precision = apps::precision_from_flags(a.t.bf16, a.t.fp16);
   torch::manual_seed(static_cast<uint64_t>(a.t.seed));
 
@@ -198,7 +202,8 @@ int run(int argc, char** argv) {
   // Schedule: optimizer steps (micro-batches × accumulation).
   const int64_t steps_per_epoch = a.t.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train.inputs.size()),
                                                                        a.t.per_device_train_batch_size,
-                                                                       a.t.gradient_accumulation_steps)
+                                                                       a.t.gradient_accumulation_steps,
+                                                                       launch.world_size())
                                                : 1;
   const int64_t total_steps = a.t.total_steps(steps_per_epoch);
 
@@ -237,7 +242,10 @@ int run(int argc, char** argv) {
   args_json["total_steps"] = total_steps;
   args_json["device"] = device.str();
   args_json["model_type"] = model.model_type;
-  apps::write_json((out_dir / "args.json").string(), args_json);
+  // Not among the settings a resumed run must share: it may run at another world size.
+  json written_args = args_json;
+  written_args["world_size"] = launch.world_size();
+  if (writer) apps::write_json((out_dir / "args.json").string(), written_args);
 
   auto to = a.t.trainer_options("glue", a.root_output_dir, device, total_steps, steps_per_epoch);
   if (to.allocator) to.allocator = allocator_options;
@@ -245,6 +253,7 @@ int run(int argc, char** argv) {
   to.head_prefixes = model.head_prefixes;
   to.run_args = args_json;
   to.run_control_flags = kRunControlFlags;
+  to.process_group = launch.group;
 
   const int64_t pad_id = tokenizer.pad_id();
   apps::TrainingTask task;
@@ -316,30 +325,32 @@ int run(int argc, char** argv) {
 
   apps::Trainer trainer(*model.module, to);
   const auto* allocator = trainer.allocator();
-  fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch, batch {} x {} accumulated) on "
-             "{}, {}\n", spec.name, train.inputs.size(), evals.empty() ? 0 : evals.front().second.inputs.size(),
-             total_steps, steps_per_epoch, a.t.per_device_train_batch_size, a.t.gradient_accumulation_steps, device.str(),
-             apps::to_string(precision));
-  if (allocator) {
-    fmt::print("glue: {} adapted layers, budget {} total rank in {} rounds of top_h {} x {} (first at step {}){}{}; "
-               "{} of {} parameters trainable\n",
-               allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.t.top_h,
-               allocator->incre_rank_num(), allocator->planned_rounds() > 0 ? allocator->allocation_step(1) : -1,
-               a.t.advance_learn ? ", advance learning" : "", a.t.multi_lr ? ", restart warmup" : "",
-               trainer.trainable_parameters(), trainer.total_parameters());
-  } else {
-    fmt::print("glue: no adapters (--apply_lora False); {} of {} parameters trainable (the head)\n",
-               trainer.trainable_parameters(), trainer.total_parameters());
-  }
-  if (!load_initialized.empty()) {
-    size_t heads = 0;
-    for (const auto& n : load_initialized) heads += !increlora::is_adapter_tensor(n);
-    fmt::print("glue: {} head tensors freshly initialized\n", heads);
+  if (writer) {  // the other ranks of a launch print nothing
+    fmt::print("glue: task {} | {} train / {} eval examples | {} steps ({} per epoch, batch {} x {} accumulated) on "
+               "{}, {}\n", spec.name, train.inputs.size(), evals.empty() ? 0 : evals.front().second.inputs.size(),
+               total_steps, steps_per_epoch, a.t.per_device_train_batch_size, a.t.gradient_accumulation_steps, device.str(),
+               apps::to_string(precision));
+    if (allocator) {
+      fmt::print("glue: {} adapted layers, budget {} total rank in {} rounds of top_h {} x {} (first at step {}){}{}; "
+                 "{} of {} parameters trainable\n",
+                 allocator->modules().size(), allocator->budget(), allocator->planned_rounds(), a.t.top_h,
+                 allocator->incre_rank_num(), allocator->planned_rounds() > 0 ? allocator->allocation_step(1) : -1,
+                 a.t.advance_learn ? ", advance learning" : "", a.t.multi_lr ? ", restart warmup" : "",
+                 trainer.trainable_parameters(), trainer.total_parameters());
+    } else {
+      fmt::print("glue: no adapters (--apply_lora False); {} of {} parameters trainable (the head)\n",
+                 trainer.trainable_parameters(), trainer.total_parameters());
+    }
+    if (!load_initialized.empty()) {
+      size_t heads = 0;
+      for (const auto& n : load_initialized) heads += !increlora::is_adapter_tensor(n);
+      fmt::print("glue: {} head tensors freshly initialized\n", heads);
+    }
   }
   std::fflush(stdout);
 
   const auto result = trainer.train(task);
-  if (result.stopped_early) return 0;
+  if (result.stopped_early || !writer) return 0;
   trainer.write_outputs(result, spec.name, {{"task", spec.name}});
 
   if (a.do_predict) write_predictions();

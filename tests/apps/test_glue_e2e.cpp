@@ -121,7 +121,12 @@ TEST_CASE("A GLUE run stopped in the middle of the allocation phase resumes from
   for (const auto& dir : {straight, stopped}) {
     for (const char* f : {"metrics.json", "log.jsonl", "checkpoint/trainer_state.json"}) std::remove((dir / f).c_str());
   }
-  const std::string base = std::string(INCRELORA_GLUE_EXE) + " --task_name mrpc --data_dir " +
+  // One CPU thread per run: a CI run once saw the losses after the resume differ in their last bits (shown
+  // equal to 6 digits) while another test loaded the 2-core machine. A resumed run repeats the straight run's
+  // arithmetic; the likeliest cause is a CPU kernel that splits a reduction over however many threads it gets
+  // (MKL picks that per call with MKL_DYNAMIC on) and so rounds differently. With one thread nothing can vary.
+  const std::string base = std::string("OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MKL_DYNAMIC=FALSE ") +
+                           INCRELORA_GLUE_EXE + " --task_name mrpc --data_dir " +
                            increlora::test::shared_dir() + "/data/glue/MRPC --model_dir " + INCRELORA_MINILM_DIR +
                            " --device cpu --max_steps 10 --per_device_train_batch_size 8 --max_seq_length 32"
                            " --max_eval_samples 32 --eval_steps 5 --logging_steps 2 --lora_r 1 --target_rank 2"

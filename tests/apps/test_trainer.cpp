@@ -121,3 +121,48 @@ TEST_CASE("The sampler shuffles each epoch from one seeded generator and restore
   increlora::apps::EpochSampler other(9, 3);
   CHECK_THROWS_WITH(other.load_state(a.state()), HasSubstring("covers 10 examples but this run has 9"));
 }
+
+TEST_CASE("Data parallel ranks share each global batch as DistributedSampler does and resume at another world size",
+          "[apps][trainer][distributed]") {
+  using increlora::apps::EpochSampler;
+  constexpr int64_t kWorld = 3;
+  constexpr size_t kBatch = 2;
+  // 13 examples, global batches of 6: 6, 6, and a last one of 1 filled up to 3 with the epoch's first examples.
+  EpochSampler one(13, 7);
+  std::vector<EpochSampler> ranks;
+  for (int64_t r = 0; r < kWorld; ++r) ranks.emplace_back(13, 7, r, kWorld);
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    std::vector<size_t> permutation;
+    std::vector<std::vector<size_t>> global_batches;
+    for (int k = 0; k < 3; ++k) {
+      std::vector<std::vector<size_t>> shares;
+      for (auto& r : ranks) shares.push_back(r.next(kBatch));
+      std::vector<size_t> global;  // interleaved back: position j of the global batch is rank j % world's
+      for (size_t j = 0; j < kBatch * kWorld; ++j) {
+        const auto& share = shares[j % kWorld];
+        if (j / kWorld < share.size()) global.push_back(share[j / kWorld]);
+      }
+      for (const auto& share : shares) CHECK(share.size() == shares.front().size());  // equal steps everywhere
+      global_batches.push_back(global);
+    }
+    // The world of one, asked for the global batch size, gives the same examples (the last one unpadded).
+    const auto a = one.next(kBatch * kWorld), b = one.next(kBatch * kWorld), c = one.next(kBatch * kWorld);
+    CHECK(global_batches[0] == a);
+    CHECK(global_batches[1] == b);
+    REQUIRE(c.size() == 1);
+    CHECK(global_batches[2] == std::vector<size_t>{c[0], a[0], a[1]});
+    for (auto& r : ranks) CHECK(r.epoch() == epoch);
+  }
+  // The state counts examples of the whole permutation: two ranks resume what three left.
+  for (auto& r : ranks) r.next(kBatch);
+  EpochSampler two_a(13, 0, 0, 2), two_b(13, 0, 1, 2);
+  two_a.load_state(ranks[0].state());
+  two_b.load_state(ranks[0].state());
+  EpochSampler reference(13, 0);
+  reference.load_state(ranks[0].state());
+  const auto ra = two_a.next(kBatch), rb = two_b.next(kBatch);
+  const auto expected = reference.next(kBatch * 2);
+  CHECK(std::vector<size_t>{ra[0], rb[0], ra[1], rb[1]} == expected);
+  CHECK(increlora::apps::steps_per_epoch(13, 2, 1, 3) == 3);
+  CHECK_THROWS_WITH(EpochSampler(5, 1, 2, 2), HasSubstring("rank 2 of world size 2"));
+}

@@ -15,12 +15,14 @@ namespace increlora::apps {
 
 namespace fs = std::filesystem;
 
-JsonLog::JsonLog(const std::string& path, bool append)
-    : path_(path), out_(path, append ? std::ios::app : std::ios::trunc) {
+JsonLog::JsonLog(const std::string& path, bool append) : path_(path) {
+  if (path.empty()) return;
+  out_.open(path, append ? std::ios::app : std::ios::trunc);
   if (!out_) throw std::runtime_error("cannot write " + path + "; check the output folder");
 }
 
 void JsonLog::write(const nlohmann::json& entry) {
+  if (path_.empty()) return;
   out_ << entry.dump() << '\n' << std::flush;
   if (!out_) throw std::runtime_error("cannot write " + path_ + " (disk full?)");
 }

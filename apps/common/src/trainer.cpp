@@ -67,7 +67,13 @@ AutocastGuard::~AutocastGuard() {
 
 // ---- data order ----------------------------------------------------------------------------------------------
 
-EpochSampler::EpochSampler(size_t size, uint64_t seed) : order_(size), cursor_(size), rng_(seed) {
+EpochSampler::EpochSampler(size_t size, uint64_t seed, int64_t rank, int64_t world_size)
+    : order_(size), cursor_(size), rng_(seed), rank_(static_cast<size_t>(rank)),
+      world_(static_cast<size_t>(world_size)) {
+  if (world_size < 1 || rank < 0 || rank >= world_size) {
+    throw std::invalid_argument(fmt::format("rank {} of world size {}: the rank must be in 0..world size - 1", rank,
+                                            world_size));
+  }
   std::iota(order_.begin(), order_.end(), size_t{0});
 }
 
@@ -78,9 +84,16 @@ std::vector<size_t> EpochSampler::next(size_t batch_size) {
     cursor_ = 0;
     ++epoch_;
   }
-  const size_t end = std::min(order_.size(), cursor_ + batch_size);
-  std::vector<size_t> batch(order_.begin() + static_cast<std::ptrdiff_t>(cursor_),
-                            order_.begin() + static_cast<std::ptrdiff_t>(end));
+  const size_t end = std::min(order_.size(), cursor_ + batch_size * world_);
+  // The global batch, filled up to a multiple of the world size from the epoch's start (wrapping as often as
+  // a tiny dataset needs), then this rank's strided share of it.
+  const size_t global = (end - cursor_ + world_ - 1) / world_ * world_;
+  std::vector<size_t> batch;
+  batch.reserve(global / world_);
+  for (size_t k = rank_; k < global; k += world_) {
+    const size_t at = cursor_ + k;
+    batch.push_back(at < end ? order_[at] : order_[(at - end) % order_.size()]);
+  }
   cursor_ = end;
   return batch;
 }
@@ -103,8 +116,9 @@ void EpochSampler::load_state(const json& state) {
   std::istringstream(state.at("rng").get<std::string>()) >> rng_;
 }
 
-int64_t steps_per_epoch(int64_t examples, int64_t batch_size, int64_t accumulation) {
-  const int64_t batches = (examples + batch_size - 1) / batch_size;
+int64_t steps_per_epoch(int64_t examples, int64_t batch_size, int64_t accumulation, int64_t world_size) {
+  const int64_t global = batch_size * std::max<int64_t>(1, world_size);
+  const int64_t batches = (examples + global - 1) / global;
   return std::max<int64_t>(1, (batches + accumulation - 1) / accumulation);
 }
 
@@ -201,6 +215,14 @@ Trainer::Trainer(torch::nn::Module& model, TrainerOptions options) : model_(mode
     (nd ? no_decay : decay).push_back(p.value());
   }
   if (trained_.empty()) throw std::invalid_argument("nothing to train: the model has no adapter and no head");
+  if (o.process_group) {
+    rank_ = o.process_group->getRank();
+    world_size_ = o.process_group->getSize();
+    // Replicas built apart (a randomly initialised head, adapters drawn from each process's generator) start
+    // as rank 0's; from then on averaged gradients keep them equal.
+    distributed::broadcast_parameters(o.process_group, trained_);
+    reducer_ = std::make_unique<distributed::GradientReducer>(o.process_group, trained_);
+  }
   const auto adamw = [&](double decay_rate) {
     return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o.learning_rate)
                                                             .weight_decay(decay_rate)
@@ -215,6 +237,7 @@ Trainer::Trainer(torch::nn::Module& model, TrainerOptions options) : model_(mode
   if (o.allocator) {
     auto options = *o.allocator;
     options.total_step(o.total_steps).gradient_accumulation_steps(o.gradient_accumulation_steps);
+    if (o.process_group && !options.reduce_scores()) options.reduce_scores(distributed::reduce_scores(o.process_group));
     try {
       allocator_ = std::make_unique<RankAllocator>(model_, options);
     } catch (const c10::Error& e) {
@@ -265,6 +288,7 @@ Metrics Trainer::evaluate(TrainingTask& task) {
 }
 
 void Trainer::save(int64_t step, const StepState& s) {
+  if (!writes_outputs()) return;
   json args = json::object();
   for (const auto& [name, value] : options_.run_args.items()) {
     if (!options_.run_control_flags.count(name)) args[name] = value;
@@ -288,12 +312,13 @@ void Trainer::save(int64_t step, const StepState& s) {
 
 TrainResult Trainer::train(TrainingTask& task, bool print) {
   const auto& o = options_;
-  fs::create_directories(o.output_dir);
+  const bool writer = writes_outputs();
+  if (writer) fs::create_directories(o.output_dir);
   const fs::path out(o.output_dir);
   const bool resuming = !o.resume_from_checkpoint.empty();
-  JsonLog log((out / "log.jsonl").string(), /*append=*/resuming);
+  JsonLog log(writer ? (out / "log.jsonl").string() : std::string(), /*append=*/resuming);
   const auto say = [&](const std::string& line) {
-    if (print) fmt::print("{}\n", line), std::fflush(stdout);
+    if (print && writer) fmt::print("{}\n", line), std::fflush(stdout);
   };
   const double orth_coef = allocator_ ? o.reg_orth_coef : 0.0;  // the regularizer needs adapters
   const auto total_rank = [&] { return allocator_ ? allocator_->total_rank() : model_total_rank(model_); };
@@ -304,7 +329,7 @@ TrainResult Trainer::train(TrainingTask& task, bool print) {
     return torch::tensor(v, torch::TensorOptions().dtype(torch::kFloat).device(o.device));
   };
 
-  StepState s(EpochSampler(static_cast<size_t>(task.num_examples), o.seed));
+  StepState s(EpochSampler(static_cast<size_t>(task.num_examples), o.seed, rank_, world_size_));
   s.best_main = o.greater_is_better ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
   if (fp16) {
     s.loss_scale = on_device(65536.0);
@@ -418,6 +443,9 @@ TrainResult Trainer::train(TrainingTask& task, bool print) {
     const auto losses = forward_backward(inputs);
     const auto loss = losses[0];
     const auto reg = orth_coef > 0 ? losses[1] : torch::Tensor();
+    // Averaged over the ranks before anything reads them (fp16's overflow check included, so that every rank
+    // takes the same decision); outside the graph, so a capture holds no collective.
+    if (reducer_) reducer_->reduce();
 
     bool skip_update = false;
     if (fp16) {
@@ -432,6 +460,15 @@ TrainResult Trainer::train(TrainingTask& task, bool print) {
     }
     const auto events = allocator_ ? allocator_->update_and_increase(model_, step, *optimizer_)
                                    : std::vector<AllocationEvent>{};
+    if (!events.empty() && o.process_group) {
+      // The new triplets were drawn from each process's generator, whose streams may differ (dropout over
+      // batches of other shapes): rank 0's go to all before the optimizer steps.
+      std::vector<torch::Tensor> adapters;
+      for (const auto& [name, layer] : named_svd_linears(model_)) {
+        for (const auto* bank : {&layer->lora_A, &layer->lora_E, &layer->lora_B}) adapters.push_back(*bank);
+      }
+      distributed::broadcast_parameters(o.process_group, adapters);
+    }
     if (o.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(trained_, o.max_grad_norm);
     if (fp16) {
       skip_update = found_inf.item<float>() > 0;
@@ -466,6 +503,11 @@ TrainResult Trainer::train(TrainingTask& task, bool print) {
     const int64_t done = step + 1;
     const double elapsed = seconds_since(s.start);
     if (done % o.logging_steps == 0 || done == o.total_steps) {
+      // The mean over the ranks' shares (one small collective at logging steps only).
+      if (o.process_group) {
+        s.loss_sum = s.loss_sum.clone();  // it may be the captured graph's output buffer
+        distributed::all_reduce_mean(o.process_group, s.loss_sum);
+      }
       const double mean_loss = s.loss_sum.item<double>() / static_cast<double>(s.loss_count);
       json entry = {{"event", "train"}, {"step", done}, {"epoch", static_cast<double>(done) / o.steps_per_epoch},
                     {"loss", mean_loss}, {"learning_rate", lr}, {"total_rank", total_rank()},
@@ -485,7 +527,8 @@ TrainResult Trainer::train(TrainingTask& task, bool print) {
       progress.update(done, fmt::format("epoch {} loss {:.4f} lr {:.3g} rank {}/{}", s.sampler.epoch(),
                                         loss.item<double>(), lr, total_rank(), budget()));
     }
-    if (o.do_eval && task.evaluate && (done % o.eval_steps == 0 || done == o.total_steps)) run_eval(done);
+    // Rank 0 evaluates for all (the replicas are equal); the others meet it at the next step's collectives.
+    if (writer && o.do_eval && task.evaluate && (done % o.eval_steps == 0 || done == o.total_steps)) run_eval(done);
     if (o.save_steps > 0 && done % o.save_steps == 0 && done < o.total_steps) save(step, s);
     if (o.stop_after_step > 0 && done == o.stop_after_step && done < o.total_steps) {
       progress.finish();

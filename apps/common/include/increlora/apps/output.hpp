@@ -16,6 +16,7 @@ namespace increlora::apps {
 /// One JSON object per line, flushed per line (a killed run leaves whole lines). `append` continues a log.
 class JsonLog {
  public:
+  /// An empty `path` writes nothing (the ranks of a data-parallel run other than rank 0).
   JsonLog(const std::string& path, bool append);
   void write(const nlohmann::json& entry);
 

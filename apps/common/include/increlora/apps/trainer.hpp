@@ -9,6 +9,7 @@
 /// loss, and an evaluation.
 
 #include <increlora/allocator.hpp>
+#include <increlora/distributed.hpp>
 #include <increlora/optim.hpp>
 #include <increlora/warmup.hpp>
 
@@ -52,24 +53,34 @@ class AutocastGuard {
 
 /// Shuffled passes over `size` examples in batches, as run_glue's sampler: a new permutation per epoch from one
 /// seeded generator, the last batch of an epoch possibly short. Its state is plain data, for checkpoints.
+///
+/// Data parallel (`world_size` > 1): every rank draws the same permutations (one seed) and takes its share of
+/// each global batch of batch_size × world_size examples, the examples at positions rank, rank + world_size, ...
+/// (what torch's DistributedSampler gives each rank). A short last global batch is filled up to a multiple of
+/// world_size with the epoch's first examples, so every rank runs the same number of equal steps. The state's
+/// position counts examples of the whole permutation, so a checkpoint resumes at any world size.
 class EpochSampler {
  public:
-  EpochSampler(size_t size, uint64_t seed);
-  /// The next batch of at most `batch_size` example indices (a new epoch starts when the last one ended).
+  EpochSampler(size_t size, uint64_t seed, int64_t rank = 0, int64_t world_size = 1);
+  /// This rank's share of the next global batch of `batch_size` × world_size example indices (a new epoch
+  /// starts when the last one ended).
   std::vector<size_t> next(size_t batch_size);
   int64_t epoch() const { return epoch_; }
   nlohmann::json state() const;
   void load_state(const nlohmann::json& state);
 
  private:
-  std::vector<size_t> order_;
-  size_t cursor_;
+  std::vector<size_t> order_;  // the epoch's permutation, the same on every rank
+  size_t cursor_;              // examples of order_ handed out (to all ranks together)
   int64_t epoch_ = -1;
   std::mt19937_64 rng_;
+  size_t rank_ = 0, world_ = 1;
 };
 
-/// Optimizer steps per epoch: ceil(ceil(examples / batch) / accumulation), as Hugging Face's Trainer counts them.
-int64_t steps_per_epoch(int64_t examples, int64_t batch_size, int64_t gradient_accumulation_steps);
+/// Optimizer steps per epoch: ceil(ceil(examples / (batch × world_size)) / accumulation), as Hugging Face's
+/// Trainer counts them.
+int64_t steps_per_epoch(int64_t examples, int64_t batch_size, int64_t gradient_accumulation_steps,
+                        int64_t world_size = 1);
 
 using Metrics = std::map<std::string, double>;
 
@@ -112,6 +123,13 @@ struct TrainerOptions {
   bool cuda_graphs = false;
   /// Prefixes of the tensors trained in full beside the adapter (the task head); saved in head.safetensors.
   std::vector<std::string> head_prefixes;
+  /// Data parallel: the process group of a torchrun launch (distributed::init_process_group), null for one
+  /// process. Every rank then trains its share of each global batch; rank 0 broadcasts the trained tensors at
+  /// the start and the adapters after each allocation round, the gradients are averaged over the ranks before
+  /// clipping (distributed::GradientReducer, outside any CUDA graph), the allocator's scores are averaged
+  /// (distributed::reduce_scores), the logged losses too; rank 0 alone evaluates and writes the log,
+  /// checkpoints, best/ and the outputs.
+  distributed::ProcessGroupPtr process_group;
   /// The run's settings, kept in checkpoints: a resumed run must have the same ones, except `run_control_flags`.
   nlohmann::json run_args = nlohmann::json::object();
   std::set<std::string> run_control_flags;
@@ -171,6 +189,11 @@ class Trainer {
   int64_t trainable_parameters() const { return trainable_; }
   int64_t total_parameters() const { return total_; }
   const TrainerOptions& options() const { return options_; }
+  /// This process's rank and the number of ranks (0 and 1 without a process group).
+  int64_t rank() const { return rank_; }
+  int64_t world_size() const { return world_size_; }
+  /// Whether this process writes the run's files (rank 0).
+  bool writes_outputs() const { return rank_ == 0; }
 
  private:
   struct StepState;
@@ -183,7 +206,9 @@ class Trainer {
   std::unique_ptr<FusedAdamW> optimizer_;
   std::unique_ptr<RankAllocator> allocator_;
   std::unique_ptr<RestartWarmup> restart_;
+  std::unique_ptr<distributed::GradientReducer> reducer_;
   int64_t trainable_ = 0, total_ = 0;
+  int64_t rank_ = 0, world_size_ = 1;
 };
 
 }  // namespace increlora::apps
