@@ -17,6 +17,7 @@
 #include <increlora/apps/flags.hpp>
 #include <increlora/apps/output.hpp>
 #include <increlora/apps/progress.hpp>
+#include <increlora/apps/launch.hpp>
 #include <increlora/apps/trainer.hpp>
 #include <increlora/apps/training_flags.hpp>
 #include <increlora/increlora.hpp>
@@ -300,7 +301,10 @@ void write_prediction_files(const Evaluation& eval, const fs::path& dir, bool v2
 int run(int argc, char** argv) {
   json args_json;
   const Args a = parse_args(argc, argv, args_json);
-  const auto device = apps::parse_device(a.t.device);
+  auto device = apps::parse_device(a.t.device);
+  // Under torchrun: this rank's GPU and the process group (rank 0 alone writes files).
+  const auto launch = apps::join_launch("qa", device);
+  const bool writer = launch.writes_outputs();
   const auto precision = apps::precision_from_flags(a.t.bf16, a.t.fp16);
   torch::manual_seed(static_cast<uint64_t>(a.t.seed));
 
@@ -319,7 +323,8 @@ int run(int argc, char** argv) {
 
   const int64_t steps_per_epoch = a.t.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train_features.size()),
                                                                        a.t.per_device_train_batch_size,
-                                                                       a.t.gradient_accumulation_steps)
+                                                                       a.t.gradient_accumulation_steps,
+                                                                       launch.world_size())
                                                : 1;
   const int64_t total_steps = a.t.total_steps(steps_per_epoch);
 
@@ -346,13 +351,14 @@ int run(int argc, char** argv) {
   args_json["total_steps"] = total_steps;
   args_json["device"] = device.str();
   args_json["model_type"] = model.model_type;
-  apps::write_json((out_dir / "args.json").string(), args_json);
+  if (writer) apps::write_json((out_dir / "args.json").string(), args_json);
 
   auto to = a.t.trainer_options("qa", a.root_output_dir, device, total_steps, steps_per_epoch);
   to.main_metric = "f1";
   to.head_prefixes = model.head_prefixes;
   to.run_args = args_json;
   to.run_control_flags = kRunControlFlags;
+  to.process_group = launch.group;
 
   const int64_t pad_id = tokenizer->pad_id();
   const int64_t pad_to = (a.t.cuda_graphs || a.pad_to_max_length) ? a.max_seq_length : 0;
@@ -406,7 +412,7 @@ int run(int argc, char** argv) {
   }
   std::fflush(stdout);
   const auto result = trainer.train(task);
-  if (result.stopped_early) return 0;
+  if (result.stopped_early || !writer) return 0;
   trainer.write_outputs(result, "squad", {{"task", a.version_2_with_negative ? "squad_v2" : "squad"}});
   // The last evaluation is of the model kept (the trainer evaluates the best one again after loading it).
   if (last) write_prediction_files(*last, out_dir, a.version_2_with_negative);

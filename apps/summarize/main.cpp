@@ -21,6 +21,7 @@
 #include <increlora/apps/flags.hpp>
 #include <increlora/apps/output.hpp>
 #include <increlora/apps/progress.hpp>
+#include <increlora/apps/launch.hpp>
 #include <increlora/apps/trainer.hpp>
 #include <increlora/apps/training_flags.hpp>
 #include <increlora/increlora.hpp>
@@ -389,7 +390,10 @@ void write_prediction_files(const Evaluation& eval, const std::vector<summarizat
 int run(int argc, char** argv) {
   json args_json;
   Args a = parse_args(argc, argv, args_json);
-  const auto device = apps::parse_device(a.t.device);
+  auto device = apps::parse_device(a.t.device);
+  // Under torchrun: this rank's GPU and the process group (rank 0 alone writes files).
+  const auto launch = apps::join_launch("summarize", device);
+  const bool writer = launch.writes_outputs();
   torch::manual_seed(static_cast<uint64_t>(a.t.seed));
 
   // Data.
@@ -418,7 +422,8 @@ int run(int argc, char** argv) {
 
   const int64_t steps_per_epoch = a.t.do_train ? apps::steps_per_epoch(static_cast<int64_t>(train_features.size()),
                                                                        a.t.per_device_train_batch_size,
-                                                                       a.t.gradient_accumulation_steps)
+                                                                       a.t.gradient_accumulation_steps,
+                                                                       launch.world_size())
                                                : 1;
   const int64_t total_steps = a.t.total_steps(steps_per_epoch);
   if (a.t.eval_steps == 0) a.t.eval_steps = steps_per_epoch;  // the seed evaluates once per epoch
@@ -489,7 +494,7 @@ int run(int argc, char** argv) {
   args_json["generation"] = {{"max_length", generation.max_length}, {"min_length", generation.min_length},
                              {"num_beams", generation.num_beams}, {"length_penalty", generation.length_penalty},
                              {"no_repeat_ngram_size", generation.no_repeat_ngram_size}};
-  apps::write_json((out_dir / "args.json").string(), args_json);
+  if (writer) apps::write_json((out_dir / "args.json").string(), args_json);
 
   auto to = a.t.trainer_options("summarize", a.output_dir, device, total_steps, steps_per_epoch);
   to.main_metric = a.metric_for_best_model;
@@ -498,6 +503,7 @@ int run(int argc, char** argv) {
   to.head_prefixes = a.t.apply_lora ? model->head_prefixes() : std::vector<std::string>{""};
   to.run_args = args_json;
   to.run_control_flags = kRunControlFlags;
+  to.process_group = launch.group;
 
   const int64_t source_pad = (a.t.cuda_graphs || a.pad_to_max_length) ? a.max_source_length : 0;
   const int64_t target_pad = (a.t.cuda_graphs || a.pad_to_max_length) ? a.max_target_length : 0;
@@ -552,7 +558,7 @@ int run(int argc, char** argv) {
   }
   std::fflush(stdout);
   const auto result = trainer.train(task);
-  if (result.stopped_early) return 0;
+  if (result.stopped_early || !writer) return 0;
   trainer.write_outputs(result, "summarization", {{"task", "summarization"}});
   if (last) write_prediction_files(*last, splits.eval, out_dir);
   if (result.best.is_null()) {
