@@ -106,6 +106,12 @@ TEST_CASE("The glue program rejects unknown flags and bad values naming the flag
   CHECK_THAT(stderr_text(), HasSubstring("unexpected argument 'maybe'"));
   CHECK(run(std::string(INCRELORA_GLUE_EXE) + " --task_name sst2 2> " + log) == 2);
   CHECK_THAT(stderr_text(), HasSubstring("--data_dir is required"));
+  // Under torchrun: several ranks need CUDA (NCCL), and a malformed variable is named.
+  const std::string launch = "RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29531 ";
+  CHECK(run(launch + INCRELORA_GLUE_EXE + " --task_name sst2 --data_dir x --device cpu 2> " + log) == 2);
+  CHECK_THAT(stderr_text(), HasSubstring("launched as rank 1 of 2 on the CPU; data-parallel runs need one CUDA device"));
+  CHECK(run(std::string("RANK=one WORLD_SIZE=2 ") + INCRELORA_GLUE_EXE + " --task_name sst2 --data_dir x 2> " + log) != 0);
+  CHECK_THAT(stderr_text(), HasSubstring("RANK=\"one\" is not a whole number"));
 }
 
 TEST_CASE("A GLUE run stopped in the middle of the allocation phase resumes from its checkpoint bit for bit",

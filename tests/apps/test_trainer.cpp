@@ -8,8 +8,11 @@
 #include <torch/nn/modules/linear.h>
 
 #include "temp_dir.hpp"
+#include "thread_backend.hpp"
 
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <set>
 
 using increlora::test::TempDir;
@@ -165,4 +168,101 @@ TEST_CASE("Data parallel ranks share each global batch as DistributedSampler doe
   CHECK(std::vector<size_t>{ra[0], rb[0], ra[1], rb[1]} == expected);
   CHECK(increlora::apps::steps_per_epoch(13, 2, 1, 3) == 3);
   CHECK_THROWS_WITH(EpochSampler(5, 1, 2, 2), HasSubstring("rank 2 of world size 2"));
+}
+
+namespace {
+
+// The synthetic regression trained by `world` ranks (threads over ThreadBackend), each with `batch` examples of
+// every global batch; world 0: one process without a group. Replicas are built from different seeds, as
+// processes that drew their heads and adapters apart would be. Returns each rank's trained tensors and pattern.
+std::vector<Run> train_data_parallel(int world, int64_t batch, const std::string& out) {
+  torch::manual_seed(7);
+  const auto x = torch::randn({40, 8}), y = torch::randn({40});
+  const int ranks_n = std::max(world, 1);
+  std::vector<Regressor> models;
+  for (int r = 0; r < ranks_n; ++r) {
+    torch::manual_seed(100 + r);
+    models.emplace_back();
+  }
+  auto ranks = world > 0 ? increlora::test::make_ranks(world) : std::vector<increlora::test::Rank>{};
+  std::vector<Run> runs(static_cast<size_t>(ranks_n));
+  auto body = [&](int r) {
+    auto& model = models[static_cast<size_t>(r)];
+    increlora::apps::TrainerOptions o;
+    o.program = "test";
+    o.output_dir = out;
+    o.train_batch_size = batch;
+    o.total_steps = 16;
+    o.learning_rate = 1e-2;
+    o.warmup_steps = 2;
+    o.logging_steps = 4;
+    o.eval_steps = 8;
+    o.main_metric = "neg_mse";
+    o.head_prefixes = {"head."};
+    o.allocator = increlora::RankAllocatorOptions().lora_r(1).target_rank(3).init_warmup(2).incre_interval(2).top_h(1);
+    if (world > 0) o.process_group = ranks[static_cast<size_t>(r)].group;
+    increlora::apps::Trainer trainer(*model, o);
+    increlora::apps::TrainingTask task;
+    task.num_examples = 40;
+    task.collate = [&](const std::vector<size_t>& idx) {
+      std::vector<int64_t> rows(idx.begin(), idx.end());
+      const auto index = torch::tensor(rows);
+      return std::vector<torch::Tensor>{x.index_select(0, index), y.index_select(0, index)};
+    };
+    task.loss = [&](const std::vector<torch::Tensor>& in) {
+      return torch::nn::functional::mse_loss(model->forward(in[0]), in[1]);
+    };
+    task.evaluate = [&] {
+      return increlora::apps::Metrics{{"neg_mse", -torch::nn::functional::mse_loss(model->forward(x), y).item<double>()}};
+    };
+    const auto result = trainer.train(task, /*print=*/false);
+    if (trainer.writes_outputs()) trainer.write_outputs(result, "test", {{"task", "synthetic"}});
+    auto& run = runs[static_cast<size_t>(r)];
+    run.ranks = trainer.allocator()->rank_pattern();
+    for (const auto& p : model->parameters()) {
+      if (p.requires_grad()) run.params.push_back(p.detach().clone());
+    }
+  };
+  if (world > 0) {
+    increlora::test::on_every_rank(world, body);
+  } else {
+    body(0);
+  }
+  return runs;
+}
+
+}  // namespace
+
+TEST_CASE("Data-parallel trainers keep identical replicas and a world of one trains as one process",
+          "[apps][trainer][distributed]") {
+  TempDir dir;
+  // A group of one runs every collective, yet trains bit for bit as the run without a group.
+  const auto alone = train_data_parallel(0, 8, dir.file("alone"));
+  const auto one = train_data_parallel(1, 8, dir.file("one"));
+  CHECK(one[0].ranks == alone[0].ranks);
+  REQUIRE(one[0].params.size() == alone[0].params.size());
+  for (size_t i = 0; i < alone[0].params.size(); ++i) CHECK(torch::equal(one[0].params[i], alone[0].params[i]));
+
+  // Three ranks built from different seeds, each training 4 of every 12 examples: the replicas end identical
+  // (broadcast at the start and after growth, averaged gradients and scores), and only rank 0 wrote files.
+  const auto three = train_data_parallel(3, 4, dir.file("three"));
+  for (size_t r = 1; r < three.size(); ++r) {
+    INFO("rank " << r);
+    CHECK(three[r].ranks == three[0].ranks);
+    REQUIRE(three[r].params.size() == three[0].params.size());
+    for (size_t i = 0; i < three[0].params.size(); ++i) CHECK(torch::equal(three[r].params[i], three[0].params[i]));
+  }
+  int64_t total = 0;
+  for (const auto& [name, rank] : three[0].ranks) total += rank;
+  CHECK(total == 9);
+  CHECK(std::filesystem::exists(dir.file("three/metrics.json")));
+  CHECK(std::filesystem::exists(dir.file("three/adapter/adapter.safetensors")));
+  // One writer: 16 steps give 4 train lines and 2 evaluations, none twice.
+  std::ifstream log(dir.file("three/log.jsonl"));
+  std::map<std::string, int64_t> events;
+  for (std::string line; std::getline(log, line);) {
+    if (!line.empty()) ++events[nlohmann::json::parse(line).at("event").get<std::string>()];
+  }
+  CHECK(events["train"] == 4);
+  CHECK(events["eval"] == 2);
 }
