@@ -25,6 +25,9 @@ command -v ninja >/dev/null || need_apt+=(ninja-build)
 [ -f /usr/include/nlohmann/json.hpp ] || need_apt+=(nlohmann-json3-dev)
 [ -f /usr/include/sentencepiece_processor.h ] || need_apt+=(libsentencepiece-dev pkg-config)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# clang with libFuzzer and the ASan/UBSan runtimes, for scripts/sanitize.sh (the sanitizer stage of CI).
+command -v clang++-16 >/dev/null || need_apt+=(clang-16)
+compgen -G "/usr/lib/llvm-16/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null || need_apt+=(libclang-rt-16-dev)
 # A python3 whose venv module can bootstrap pip (Debian's python3 needs python3-venv for that).
 if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   need_apt+=(python3 python3-venv)
