@@ -119,6 +119,15 @@ void broadcast_parameters(const ProcessGroupPtr& group, const std::vector<torch:
 
 void barrier(const ProcessGroupPtr& group) { group->barrier()->wait(); }
 
+void end_process_group(const ProcessGroupPtr& group, GroupEnd how) {
+  if (!group) return;
+  if (how == GroupEnd::abort) {
+    group->abort();
+  } else {
+    group->shutdown();
+  }
+}
+
 #ifndef INCRELORA_WITH_NCCL
 // Without NCCL in the build (src/distributed_nccl.cpp holds the real ones).
 bool nccl_available() { return false; }

@@ -307,3 +307,15 @@ TEST_CASE("Ranks fed different data grow the same layers through reduce_scores, 
   for (int r = 1; r < kWorld; ++r) apart |= !torch::equal(local_states[r].sensitivity, local_states[0].sensitivity);
   CHECK(apart);
 }
+
+TEST_CASE("end_process_group shuts a finished group down, aborts one left by an error, and ignores null",
+          "[distributed][collectives]") {
+  auto ranks = make_ranks(2);
+  dist::end_process_group(ranks[0].group);
+  dist::end_process_group(ranks[1].group, dist::GroupEnd::abort);
+  CHECK(ranks[0].backend->shutdowns == 1);
+  CHECK(ranks[0].backend->aborts == 0);
+  CHECK(ranks[1].backend->shutdowns == 0);
+  CHECK(ranks[1].backend->aborts == 1);
+  CHECK_NOTHROW(dist::end_process_group(nullptr));
+}

@@ -91,7 +91,11 @@ class ThreadBackend : public c10d::Backend {
     world_->collective(getRank(), torch::zeros({1}), [](std::vector<torch::Tensor>&) {});
     return c10::make_intrusive<DoneWork>();
   }
+  void shutdown() override { ++shutdowns; }
+  void abort() override { ++aborts; }
   int64_t allreduces = 0;
+  int64_t shutdowns = 0;
+  int64_t aborts = 0;
 
  private:
   std::shared_ptr<World> world_;

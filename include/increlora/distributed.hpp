@@ -83,6 +83,14 @@ void all_reduce_mean(const ProcessGroupPtr& group, torch::Tensor& value);
 /// Waits until every rank got here.
 void barrier(const ProcessGroupPtr& group);
 
+/// Ends `group`'s communicators, as Python's `destroy_process_group` does: `shutdown` (the ranks finished their
+/// collectives: waits for what is in flight, then frees the communicators) or `abort` (an error is unwinding this
+/// rank: the others may be waiting in a collective that will never complete, so nothing is waited for). Without
+/// it ProcessGroupNCCL tears its communicators down from static destructors at exit and warns that
+/// destroy_process_group() was not called. A null group is a no-op; the group cannot be used afterwards.
+enum class GroupEnd { shutdown, abort };
+void end_process_group(const ProcessGroupPtr& group, GroupEnd how = GroupEnd::shutdown);
+
 struct GradientReducerOptions {
   /// The most bytes of gradients per flat bucket (a tensor larger than this gets a bucket of its own).
   TORCH_ARG(double, bucket_mb) = 25.0;

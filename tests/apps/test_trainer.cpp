@@ -2,6 +2,7 @@
 // through GraphedStep), the data order is run_glue's, and the outputs of a run.
 #include "support.hpp"
 
+#include <increlora/apps/launch.hpp>
 #include <increlora/apps/trainer.hpp>
 
 #include <torch/nn/functional/loss.h>
@@ -265,4 +266,26 @@ TEST_CASE("Data-parallel trainers keep identical replicas and a world of one tra
   }
   CHECK(events["train"] == 4);
   CHECK(events["eval"] == 2);
+}
+
+TEST_CASE("A Launch ends its process group: shutdown after a normal run, abort while an error unwinds",
+          "[apps][trainer][distributed]") {
+  auto ranks = increlora::test::make_ranks(2);
+  {
+    increlora::apps::Launch launch;
+    launch.group = ranks[0].group;
+    increlora::apps::Launch moved(std::move(launch));  // one owner: the moved-from Launch ends nothing
+  }
+  CHECK(ranks[0].backend->shutdowns == 1);
+  CHECK(ranks[0].backend->aborts == 0);
+  try {
+    increlora::apps::Launch launch;
+    launch.group = ranks[1].group;
+    throw std::runtime_error("a rank failed");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(ranks[1].backend->shutdowns == 0);
+  CHECK(ranks[1].backend->aborts == 1);
+  increlora::apps::Launch single;  // a plain single process has no group: nothing to end
+  CHECK_FALSE(single.group);
 }

@@ -4,9 +4,20 @@
 
 #include <fmt/format.h>
 
+#include <exception>
 #include <stdexcept>
 
 namespace increlora::apps {
+
+Launch::~Launch() {
+  if (!group) return;
+  try {
+    distributed::end_process_group(group, std::uncaught_exceptions() > 0 ? distributed::GroupEnd::abort
+                                                                          : distributed::GroupEnd::shutdown);
+  } catch (...) {
+    // A destructor must not throw; the process is ending its communicators either way.
+  }
+}
 
 Launch join_launch(const std::string& program, torch::Device& device) {
   Launch launch;

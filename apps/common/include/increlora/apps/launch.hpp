@@ -11,10 +11,20 @@
 
 namespace increlora::apps {
 
-/// This process's place in a launch: no process group for a plain single process.
+/// This process's place in a launch: no process group for a plain single process. Owns the group: when the
+/// Launch goes out of scope the group is ended (distributed::end_process_group), by `shutdown` after a normal
+/// run and by `abort` while an exception unwinds (another rank may be blocked in a collective this one left).
+/// Move-only, so that exactly one owner ends it.
 struct Launch {
   distributed::Environment env;
   distributed::ProcessGroupPtr group;  ///< null: one process, nothing to synchronise
+
+  Launch() = default;
+  Launch(Launch&&) noexcept = default;
+  Launch& operator=(Launch&&) = delete;
+  Launch(const Launch&) = delete;
+  Launch& operator=(const Launch&) = delete;
+  ~Launch();
   int64_t rank() const { return env.rank; }
   int64_t world_size() const { return env.world_size; }
   /// Rank 0 writes the run's files and prints; the others only train.
