@@ -57,6 +57,8 @@ Environment parse_environment(const std::function<std::optional<std::string>(con
     INCRELORA_CHECK(port.has_value(), "environment: WORLD_SIZE=", env.world_size, " needs MASTER_PORT (a free "
                     "port on rank 0's host), which is not set.");
   }
+  const auto agent_store = lookup("TORCHELASTIC_USE_AGENT_STORE");
+  env.agent_store = agent_store && *agent_store == "True";  // the exact spelling torchrun writes and Python tests
   env.master_addr = addr && !addr->empty() ? *addr : "127.0.0.1";
   env.master_port = port ? number_variable("MASTER_PORT", *port) : 29500;
   INCRELORA_CHECK(env.master_port >= 1 && env.master_port <= 65535, "environment variable MASTER_PORT=",
@@ -75,7 +77,9 @@ Environment environment_from_process() {
 c10::intrusive_ptr<c10d::Store> make_store(const Environment& env, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions options;
   options.port = static_cast<std::uint16_t>(env.master_port);
-  options.isServer = env.rank == 0;
+  // Under torchrun the agent's store already listens on the port: serving it again would fail to bind (TCPStore
+  // then ignores the error, with a warning), so rank 0 connects like the others.
+  options.isServer = env.rank == 0 && !env.agent_store;
   options.numWorkers = static_cast<size_t>(env.world_size);
   options.waitWorkers = true;
   options.timeout = timeout;

@@ -5,6 +5,8 @@
 
 #include <increlora/distributed.hpp>
 
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
 #include "thread_backend.hpp"
 
 #include <torch/optim/adamw.h>
@@ -56,6 +58,11 @@ TEST_CASE("The torchrun environment is read exactly, and bad values name the var
   CHECK(env.local_rank == 1);
   CHECK(env.master_addr == "10.0.0.7");
   CHECK(env.master_port == 29512);
+  CHECK_FALSE(env.agent_store);
+  CHECK(dist::parse_environment(env_of({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}}))
+            .agent_store);
+  CHECK_FALSE(dist::parse_environment(env_of({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHELASTIC_USE_AGENT_STORE",
+                                                                                   "False"}})).agent_store);
 
   // torchrun --nproc_per_node 1 sets all five; a world of one needs no master address.
   const auto one = dist::parse_environment(env_of({{"RANK", "0"}, {"WORLD_SIZE", "1"}}));
@@ -318,4 +325,22 @@ TEST_CASE("end_process_group shuts a finished group down, aborts one left by an 
   CHECK(ranks[1].backend->shutdowns == 0);
   CHECK(ranks[1].backend->aborts == 1);
   CHECK_NOTHROW(dist::end_process_group(nullptr));
+}
+
+TEST_CASE("Under torchrun's agent store rank 0 connects to it instead of serving the port again",
+          "[distributed][env]") {
+  // The agent's store: a TCPStore server on a free port, as torchrun's agent holds one at MASTER_PORT.
+  c10d::TCPStoreOptions agent_options;
+  agent_options.port = 0;
+  agent_options.isServer = true;
+  agent_options.waitWorkers = false;
+  agent_options.timeout = std::chrono::seconds(20);
+  auto agent = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", agent_options);
+
+  auto env = dist::parse_environment(env_of({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "127.0.0.1"},
+                                             {"MASTER_PORT", std::to_string(agent->getPort())},
+                                             {"TORCHELASTIC_USE_AGENT_STORE", "True"}}));
+  auto store = dist::make_store(env, std::chrono::seconds(20));
+  store->set("written_by_rank0", std::vector<uint8_t>{7});
+  CHECK(agent->get("written_by_rank0") == std::vector<uint8_t>{7});  // one store: the agent's
 }

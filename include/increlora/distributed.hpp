@@ -42,10 +42,13 @@ struct Environment {
   int64_t master_port = 0;
   /// True when the variables were set (a launch, even of one process); false: a plain single process.
   bool launched = false;
+  /// TORCHELASTIC_USE_AGENT_STORE=True: torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT,
+  /// so every rank, rank 0 included, connects to it as a client (as Python's init_process_group does).
+  bool agent_store = false;
 };
 
 /// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT through `lookup` (nullopt: not set). None
-/// set: a single process (`launched` false). RANK and WORLD_SIZE go together; LOCAL_RANK defaults to RANK;
+/// set: a single process (`launched` false). TORCHELASTIC_USE_AGENT_STORE (torchrun's) sets `agent_store`. RANK and WORLD_SIZE go together; LOCAL_RANK defaults to RANK;
 /// MASTER_ADDR and MASTER_PORT are needed with WORLD_SIZE > 1 and default to 127.0.0.1:29500 with 1. Throws
 /// c10::Error naming the variable for a value that is not a whole number, out of range (rank >= world size,
 /// port outside 1..65535) or missing beside the others.
@@ -53,8 +56,8 @@ Environment parse_environment(const std::function<std::optional<std::string>(con
 /// parse_environment over this process's environment variables.
 Environment environment_from_process();
 
-/// The TCPStore of a launch: rank 0 serves it at master_addr:master_port, the others connect; every rank waits
-/// for all `world_size` of them within `timeout`.
+/// The TCPStore of a launch: rank 0 serves it at master_addr:master_port (unless torchrun's agent does:
+/// `agent_store`), the others connect; the store waits for all `world_size` of them within `timeout`.
 c10::intrusive_ptr<c10d::Store> make_store(const Environment& env,
                                            std::chrono::milliseconds timeout = std::chrono::minutes(10));
 
