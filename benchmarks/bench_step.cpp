@@ -21,6 +21,8 @@
 #include <increlora/increlora.hpp>
 
 #include <ATen/DeviceAccelerator.h>
+#include <ATen/record_function.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adamw.h>
@@ -38,6 +40,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -69,6 +72,8 @@ struct Args {
   int64_t threads = 0;  // > 0: intra-op CPU threads (the smoke test uses 1: on a loaded CI machine more threads
                         // wait for each other in every tiny op)
   std::string out;
+  std::string profile;        // write a per-kernel profile of extra steps here (JSON), the trace beside it
+  int64_t profile_steps = 5;  // steps recorded by --profile (after the timed ones)
 };
 
 const char* kNotes =
@@ -103,6 +108,9 @@ Args parse(int argc, char** argv) {
   f.add("seed", &a.seed, "random seed");
   f.add("threads", &a.threads, "> 0: intra-op CPU threads");
   f.add("out", &a.out, "write the result JSON here");
+  f.add("profile", &a.profile, "after the timed steps, record --profile_steps more under LibTorch's Kineto "
+        "profiler: per-kernel device time by part of the step to this JSON, the Chrome trace to <file>.trace.json");
+  f.add("profile_steps", &a.profile_steps, "steps recorded by --profile");
   f.parse(argc, argv);
   if (f.help()) {
     std::fputs((f.usage() + kNotes).c_str(), stdout);
@@ -151,6 +159,64 @@ double percentile(std::vector<double> v, double q) {
 
 void sync(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
+
+// --profile: `a.profile_steps` steps under the Kineto profiler (CPU ops + CUDA kernels), the device synchronised
+// between the parts of the step (as --breakdown does) so that each kernel falls inside the time window of the
+// part that launched it (step.forward_backward, step.allocator, step.optimizer: RECORD_USER_SCOPE above). Writes
+// per kernel name: the part, device microseconds per step and launches per step; benchmarks/profile_report.py
+// sorts them into categories. The Chrome trace goes beside it (chrome://tracing, Perfetto).
+template <class Step, class Parts>
+void profile_steps(const Args& a, const torch::Device& device, Step step, Parts synchronise_parts) {
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  prof::prepareProfiler(config, activities);
+  synchronise_parts(true);
+  torch::cuda::synchronize(device.index());
+  prof::enableProfiler(config, activities, {at::RecordScope::USER_SCOPE, at::RecordScope::FUNCTION});
+  for (int64_t s = 0; s < a.profile_steps; ++s) step(s);
+  torch::cuda::synchronize(device.index());
+  auto result = prof::disableProfiler();
+  synchronise_parts(false);
+
+  struct Window { uint64_t start, end; std::string part; };
+  std::vector<Window> windows;
+  for (const auto& e : result->events()) {
+    const auto name = e.name();
+    if (e.deviceType() == c10::DeviceType::CPU && name.rfind("step.", 0) == 0) {
+      windows.push_back({e.startNs(), e.endNs(), name.substr(5)});
+    }
+  }
+  struct Kernel { std::string part; double us = 0; int64_t launches = 0; };
+  std::map<std::string, Kernel> kernels;
+  double total_us = 0;
+  for (const auto& e : result->events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    std::string part = "other";
+    for (const auto& w : windows) {
+      if (e.startNs() >= w.start && e.startNs() <= w.end) { part = w.part; break; }
+    }
+    auto& k = kernels[part + "\t" + e.name()];
+    k.part = part;
+    k.us += static_cast<double>(e.durationNs()) / 1e3;
+    k.launches += 1;
+    total_us += static_cast<double>(e.durationNs()) / 1e3;
+  }
+  const auto steps = static_cast<double>(a.profile_steps);
+  json rows = json::array();
+  for (const auto& [key, k] : kernels) {
+    rows.push_back({{"part", k.part}, {"kernel", key.substr(key.find('\t') + 1)}, {"us_per_step", k.us / steps},
+                    {"launches_per_step", static_cast<double>(k.launches) / steps}});
+  }
+  json out = {{"model", a.model}, {"dtype", a.dtype}, {"phase", a.phase}, {"graphs", a.graphs},
+              {"batch", a.batch}, {"seq", a.seq}, {"steps", a.profile_steps},
+              {"device_us_per_step", total_us / steps}, {"parts_found", windows.size()}, {"kernels", rows}};
+  const std::filesystem::path path(a.profile);
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  std::ofstream(a.profile) << out.dump(1) << "\n";
+  result->save(a.profile + ".trace.json");
 }
 
 int run(const Args& a) {
@@ -274,12 +340,21 @@ int run(const Args& a) {
       return;
     }
     if (allocator->is_scoring_step(global_step)) ++scored_steps;
-    (void)graphed({input_ids, attention_mask, labels});  // zeroes the gradients first
-    mark("forward_backward", t);
-    (void)allocator->update_and_increase(*model, global_step, *optimizer);
-    mark("allocator", t);
-    optimizer->step();
-    mark("optimizer", t);
+    {
+      RECORD_USER_SCOPE("step.forward_backward");
+      (void)graphed({input_ids, attention_mask, labels});  // zeroes the gradients first
+      mark("forward_backward", t);
+    }
+    {
+      RECORD_USER_SCOPE("step.allocator");
+      (void)allocator->update_and_increase(*model, global_step, *optimizer);
+      mark("allocator", t);
+    }
+    {
+      RECORD_USER_SCOPE("step.optimizer");
+      optimizer->step();
+      mark("optimizer", t);
+    }
   };
 
   for (int64_t s = 0; s < a.warmup; ++s) step(s);
@@ -303,6 +378,17 @@ int run(const Args& a) {
     constexpr auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     peak = stats.allocated_bytes[all].peak;
     peak_reserved = stats.reserved_bytes[all].peak;
+  }
+  if (!a.profile.empty()) {
+    const auto timed_scored_steps = scored_steps;
+    const auto timed_parts = parts;
+    if (!device.is_cuda()) throw std::invalid_argument("--profile needs --device cuda (it records CUDA kernels)");
+    profile_steps(a, device, [&](int64_t s) { step(a.warmup + a.steps + s); }, [&](bool on) {
+      timing_parts = on && train;
+    });
+    scored_steps = timed_scored_steps;  // the numbers reported are the timed steps'
+    parts = timed_parts;
+    timing_parts = a.breakdown && train;
   }
   if (scoring && scored_steps != a.steps) {
     throw std::logic_error(fmt::format("scoring: only {} of {} timed steps were scored", scored_steps, a.steps));
