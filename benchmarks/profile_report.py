@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The device time of one training step by category, from bench_step --profile files (issue 14).
 
-    python3 benchmarks/profile_report.py PROFILE.json [PROFILE2.json ...] [--markdown] [--top N]
+    python3 benchmarks/profile_report.py PROFILE.json [PROFILE2.json ...] [--top N]
 
 bench_step --profile writes, per CUDA kernel name, the part of the step that launched it (forward_backward,
 allocator, optimizer: the device is synchronised between them while profiling) and its device microseconds per
@@ -63,7 +63,6 @@ def summarise(profile):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("profiles", nargs="+")
-    ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--top", type=int, default=0, help="also list the N kernels with the most device time")
     a = ap.parse_args()
     profiles = []
