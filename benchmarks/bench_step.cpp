@@ -193,7 +193,8 @@ void profile_steps(const Args& a, const torch::Device& device, Step step, Parts 
   std::map<std::string, Kernel> kernels;
   double total_us = 0;
   for (const auto& e : result->events()) {
-    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    // Kineto mirrors each user scope onto the GPU timeline as an annotation: a span, not a kernel.
+    if (e.deviceType() != c10::DeviceType::CUDA || e.name().rfind("step.", 0) == 0) continue;
     std::string part = "other";
     for (const auto& w : windows) {
       if (e.startNs() >= w.start && e.startNs() <= w.end) { part = w.part; break; }
