@@ -118,9 +118,9 @@ const ordered_json& field(const ordered_json& object, const std::string& key, co
 
 [[noreturn]] void wrong_type(const ordered_json& v, const std::string& key, const std::string& what,
                              const std::string& path, const char* kind) {
-  INCRELORA_CHECK(false, what, " lacks a field or has one of the wrong type: \"", path, key, "\" must be ", kind,
-                  ", got ", v.dump(), "; the checkpoint is corrupted.");
-  std::abort();
+  // Thrown directly (not through INCRELORA_CHECK(false, ...)) so that the compiler sees that this never returns.
+  C10_THROW_ERROR(Error, c10::str("increlora: ", what, " lacks a field or has one of the wrong type: \"", path, key,
+                                  "\" must be ", kind, ", got ", v.dump(), "; the checkpoint is corrupted."));
 }
 
 int64_t integer_field(const ordered_json& object, const std::string& key, const std::string& what,

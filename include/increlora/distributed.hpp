@@ -48,7 +48,8 @@ struct Environment {
 };
 
 /// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT through `lookup` (nullopt: not set). None
-/// set: a single process (`launched` false). TORCHELASTIC_USE_AGENT_STORE (torchrun's) sets `agent_store`. RANK and WORLD_SIZE go together; LOCAL_RANK defaults to RANK;
+/// set: a single process (`launched` false). TORCHELASTIC_USE_AGENT_STORE (torchrun's) sets `agent_store`.
+/// RANK and WORLD_SIZE go together; LOCAL_RANK defaults to RANK;
 /// MASTER_ADDR and MASTER_PORT are needed with WORLD_SIZE > 1 and default to 127.0.0.1:29500 with 1. Throws
 /// c10::Error naming the variable for a value that is not a whole number, out of range (rank >= world size,
 /// port outside 1..65535) or missing beside the others.
