@@ -161,7 +161,7 @@ TEST_CASE("interval_for_epoch puts the last allocation round at the end of the e
         const auto last = [&](int64_t interval) { return (warmup / interval + rounds) * interval; };
         if (last(1) > end) {
           CHECK_THROWS_WITH(interval_for_epoch(warmup, rounds, epoch, per_epoch),
-                            Catch::Contains("--schedule_strategy epoch"));
+                            HasSubstring("--schedule_strategy epoch"));
           continue;
         }
         const auto interval = interval_for_epoch(warmup, rounds, epoch, per_epoch);
@@ -172,5 +172,5 @@ TEST_CASE("interval_for_epoch puts the last allocation round at the end of the e
       }
     }
   }
-  CHECK_THROWS_WITH(interval_for_epoch(0, 3, 0, 10), Catch::Contains("--incre_epoch"));
+  CHECK_THROWS_WITH(interval_for_epoch(0, 3, 0, 10), HasSubstring("--incre_epoch"));
 }

@@ -18,7 +18,6 @@
 #include <fstream>
 
 using increlora::bart::BartTokenizer;
-using Catch::Matchers::Contains;
 
 namespace {
 
@@ -174,8 +173,8 @@ TEST_CASE("Truncation keeps <s> and </s> and the first max_length - 2 ids of the
   }
   CHECK(tok.encode(text, static_cast<int64_t>(full.size()) + 5) == full);
   CHECK(tok.encode(text, static_cast<int64_t>(full.size())) == full);
-  CHECK_THROWS_WITH(tok.encode(text, 1), Contains("max_length"));
-  CHECK_THROWS_WITH(tok.encode(text, -3), Contains("max_length"));
+  CHECK_THROWS_WITH(tok.encode(text, 1), HasSubstring("max_length"));
+  CHECK_THROWS_WITH(tok.encode(text, -3), HasSubstring("max_length"));
 }
 
 TEST_CASE("decode of encode gives back every shared text", "[bart_tokenizer]") {
@@ -207,13 +206,13 @@ TEST_CASE("Tokenizing the whole shared XSum sample takes well under a second", "
 TEST_CASE("Invalid UTF-8 is refused with the byte offset and unknown ids in decode are refused",
           "[bart_tokenizer]") {
   const auto tok = BartTokenizer::from_directory(tokenizer_dir());
-  CHECK_THROWS_WITH(tok.encode(std::string("ab\xff" "cd")), Contains("not valid UTF-8 at byte offset 2"));
-  CHECK_THROWS_WITH(tok.encode(std::string("caf\xc3")), Contains("byte offset 3"));       // truncated sequence
-  CHECK_THROWS_WITH(tok.encode(std::string("x\xc0\xaf")), Contains("byte offset 1"));     // overlong "/"
-  CHECK_THROWS_WITH(tok.encode(std::string("\xed\xa0\x80")), Contains("byte offset 0"));  // a surrogate
-  CHECK_THROWS_WITH(tok.decode({0, tok.vocab_size()}), Contains("is not in the vocabulary"));
-  CHECK_THROWS_WITH(tok.decode({-1}), Contains("id -1"));
-  CHECK_THROWS_WITH(tok.id_to_token(tok.vocab_size()), Contains("is not in the vocabulary"));
+  CHECK_THROWS_WITH(tok.encode(std::string("ab\xff" "cd")), HasSubstring("not valid UTF-8 at byte offset 2"));
+  CHECK_THROWS_WITH(tok.encode(std::string("caf\xc3")), HasSubstring("byte offset 3"));       // truncated sequence
+  CHECK_THROWS_WITH(tok.encode(std::string("x\xc0\xaf")), HasSubstring("byte offset 1"));     // overlong "/"
+  CHECK_THROWS_WITH(tok.encode(std::string("\xed\xa0\x80")), HasSubstring("byte offset 0"));  // a surrogate
+  CHECK_THROWS_WITH(tok.decode({0, tok.vocab_size()}), HasSubstring("is not in the vocabulary"));
+  CHECK_THROWS_WITH(tok.decode({-1}), HasSubstring("id -1"));
+  CHECK_THROWS_WITH(tok.id_to_token(tok.vocab_size()), HasSubstring("is not in the vocabulary"));
 }
 
 TEST_CASE("Missing or malformed vocab.json and merges.txt are refused naming the file", "[bart_tokenizer]") {
@@ -222,45 +221,45 @@ TEST_CASE("Missing or malformed vocab.json and merges.txt are refused naming the
   const std::string merges = read(tokenizer_dir() + "/merges.txt");
 
   SECTION("a directory without any tokenizer file") {
-    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), Contains("neither vocab.json + merges.txt nor tokenizer.json"));
+    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), HasSubstring("neither vocab.json + merges.txt nor tokenizer.json"));
   }
   SECTION("merges.txt missing") {
     write(dir.file("vocab.json"), vocab);
-    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), Contains(dir.file("merges.txt")));
+    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), HasSubstring(dir.file("merges.txt")));
   }
   SECTION("vocab.json missing") {
     write(dir.file("merges.txt"), merges);
-    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), Contains(dir.file("vocab.json")));
+    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), HasSubstring(dir.file("vocab.json")));
   }
   SECTION("vocab.json not JSON") {
     write(dir.file("vocab.json"), "{\"a\": 1,");
     write(dir.file("merges.txt"), merges);
     CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()),
-                      Contains(dir.file("vocab.json")) && Contains("not valid JSON"));
+                      HasSubstring(dir.file("vocab.json")) && HasSubstring("not valid JSON"));
   }
   SECTION("vocab.json not an object of ids") {
     write(dir.file("vocab.json"), "{\"a\": \"one\"}");
     write(dir.file("merges.txt"), merges);
-    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), Contains(dir.file("vocab.json")) && Contains("\"a\""));
+    CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()), HasSubstring(dir.file("vocab.json")) && HasSubstring("\"a\""));
   }
   SECTION("a merges.txt line that is not a pair") {
     write(dir.file("vocab.json"), vocab);
     write(dir.file("merges.txt"), "#version: 0.2\n\xc4\xa0 t\nthree parts here\n");
     CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()),
-                      Contains(dir.file("merges.txt")) && Contains("line 3"));
+                      HasSubstring(dir.file("merges.txt")) && HasSubstring("line 3"));
   }
   SECTION("a merge of tokens the vocabulary lacks") {
     write(dir.file("vocab.json"), vocab);
     write(dir.file("merges.txt"), "#version: 0.2\nzzzq zzzr\n");
     CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()),
-                      Contains(dir.file("merges.txt")) && Contains("line 2") && Contains("zzzq"));
+                      HasSubstring(dir.file("merges.txt")) && HasSubstring("line 2") && HasSubstring("zzzq"));
   }
   SECTION("tokenizer.json not JSON") {
     write(dir.file("tokenizer.json"), "not json");
     CHECK_THROWS_WITH(BartTokenizer::from_directory(dir.path()),
-                      Contains(dir.file("tokenizer.json")) && Contains("not valid JSON"));
+                      HasSubstring(dir.file("tokenizer.json")) && HasSubstring("not valid JSON"));
   }
   SECTION("the constructor names the file it was given") {
-    CHECK_THROWS_WITH(BartTokenizer(dir.file("nope.json"), dir.file("nope.txt")), Contains(dir.file("nope.json")));
+    CHECK_THROWS_WITH(BartTokenizer(dir.file("nope.json"), dir.file("nope.txt")), HasSubstring(dir.file("nope.json")));
   }
 }

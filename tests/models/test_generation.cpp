@@ -215,21 +215,21 @@ TEST_CASE("GenerationConfig reads config.json's generation fields when generatio
       write_file(dir.file("generation_config.json"), bad);
       const auto field = bad.substr(2, bad.find('"', 2) - 2);
       CHECK_THROWS_WITH(models::GenerationConfig::from_model_dir(dir.path()),
-                        Catch::Contains("generation_config.json") && Catch::Contains("\"" + field + "\"") &&
-                            Catch::Contains("expected"));
+                        HasSubstring("generation_config.json") && HasSubstring("\"" + field + "\"") &&
+                            HasSubstring("expected"));
     }
   }
   SECTION("a file that is not JSON throws naming it") {
     write_file(dir.file("generation_config.json"), "{num_beams: 4");
     CHECK_THROWS_WITH(models::GenerationConfig::from_model_dir(dir.path()),
-                      Catch::Contains("generation_config.json") && Catch::Contains("not valid JSON"));
+                      HasSubstring("generation_config.json") && HasSubstring("not valid JSON"));
   }
 }
 
 TEST_CASE("GenerationConfig::from_model_dir throws for a directory without a config", "[generation]") {
   increlora::test::TempDir dir;
   CHECK_THROWS_WITH(models::GenerationConfig::from_model_dir(dir.path()),
-                    Catch::Contains("neither generation_config.json nor config.json"));
+                    HasSubstring("neither generation_config.json nor config.json"));
 }
 
 TEST_CASE("generate throws for inconsistent settings saying what to change", "[generation]") {
@@ -238,40 +238,40 @@ TEST_CASE("generate throws for inconsistent settings saying what to change", "[g
     config.num_beams = 4;
     FixedDecoder decoder(3);
     CHECK_THROWS_WITH(models::generate(decoder, 3, config),
-                      Catch::Contains("holds 3 rows") && Catch::Contains("num_beams copies"));
+                      HasSubstring("holds 3 rows") && HasSubstring("num_beams copies"));
     FixedDecoder greedy_decoder(6);
     config.num_beams = 1;
-    CHECK_THROWS_WITH(models::generate(greedy_decoder, 3, config), Catch::Contains("holds 6 rows"));
+    CHECK_THROWS_WITH(models::generate(greedy_decoder, 3, config), HasSubstring("holds 6 rows"));
   }
   SECTION("num_beams < 1") {
     config.num_beams = 0;
     FixedDecoder decoder(0);
-    CHECK_THROWS_WITH(models::generate(decoder, 3, config), Catch::Contains("num_beams = 0"));
+    CHECK_THROWS_WITH(models::generate(decoder, 3, config), HasSubstring("num_beams = 0"));
   }
   SECTION("max_length < 2") {
     config.max_length = 1;
     FixedDecoder decoder(2);
     CHECK_THROWS_WITH(models::generate(decoder, 2, config),
-                      Catch::Contains("max_length = 1") && Catch::Contains("at least 2"));
+                      HasSubstring("max_length = 1") && HasSubstring("at least 2"));
     config.max_new_tokens = 0;
-    CHECK_THROWS_WITH(models::generate(decoder, 2, config), Catch::Contains("max_new_tokens = 0"));
+    CHECK_THROWS_WITH(models::generate(decoder, 2, config), HasSubstring("max_new_tokens = 0"));
   }
   SECTION("min_length > max_length") {
     config.min_length = 30;
     FixedDecoder decoder(2);
     CHECK_THROWS_WITH(models::generate(decoder, 2, config),
-                      Catch::Contains("min_length = 30") && Catch::Contains("raise max_length"));
+                      HasSubstring("min_length = 30") && HasSubstring("raise max_length"));
   }
   SECTION("a token id outside the decoder's vocabulary") {
     config.forced_bos_token_id = 8;
     FixedDecoder decoder(2, 8);
     CHECK_THROWS_WITH(models::generate(decoder, 2, config),
-                      Catch::Contains("forced_bos_token_id = 8") && Catch::Contains("[0, 8)"));
+                      HasSubstring("forced_bos_token_id = 8") && HasSubstring("[0, 8)"));
   }
   SECTION("a negative no_repeat_ngram_size") {
     config.no_repeat_ngram_size = -1;
     FixedDecoder decoder(2);
-    CHECK_THROWS_WITH(models::generate(decoder, 2, config), Catch::Contains("no_repeat_ngram_size = -1"));
+    CHECK_THROWS_WITH(models::generate(decoder, 2, config), HasSubstring("no_repeat_ngram_size = -1"));
   }
 }
 

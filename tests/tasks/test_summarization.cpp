@@ -96,10 +96,10 @@ TEST_CASE("resolve_columns prefers the flags then the dataset table then the fir
   o = summarization::ReadOptions{};
   o.dataset_name = "samsum";
   CHECK_THROWS_WITH(summarization::resolve_columns(file, o, "f.jsonl"),
-                    Catch::Contains("f.jsonl has no column \"dialogue\" (the samsum default)") &&
-                        Catch::Contains("\"article\", \"highlights\", \"id\"") && Catch::Contains("--text_column"));
+                    HasSubstring("f.jsonl has no column \"dialogue\" (the samsum default)") &&
+                        HasSubstring("\"article\", \"highlights\", \"id\"") && HasSubstring("--text_column"));
   CHECK_THROWS_WITH(summarization::resolve_columns({"only"}, summarization::ReadOptions{}),
-                    Catch::Contains("too few") && Catch::Contains("--summary_column"));
+                    HasSubstring("too few") && HasSubstring("--summary_column"));
 }
 
 TEST_CASE("dataset_columns holds the seed's summarization_name_mapping", "[summarization]") {
@@ -166,7 +166,7 @@ TEST_CASE("read_examples reads a JSON array and a data wrapper with integer ids"
   // Flagged as the id column's text, an integer is no document (datasets would hand the tokenizer an int): an
   // error naming the column.
   CHECK_THROWS_WITH(summarization::read_examples(array, columns("id", "summary")),
-                    Catch::Contains("element 0 of the array: the column \"id\" should hold a string"));
+                    HasSubstring("element 0 of the array: the column \"id\" should hold a string"));
   auto examples = summarization::read_examples(array);  // text / summary: a known pair
   REQUIRE(examples.size() == 2);
   CHECK(examples[0].id == "7");
@@ -202,9 +202,9 @@ TEST_CASE("read_examples names the file line and column of bad input", "[summari
     const std::string message = read_error(path, options);
     INFO(name << ": " << message);
     REQUIRE(!message.empty());
-    CHECK_THAT(message, Catch::Contains("increlora:"));
-    CHECK_THAT(message, Catch::Contains(path));
-    for (const auto& p : parts) CHECK_THAT(message, Catch::Contains(p));
+    CHECK_THAT(message, HasSubstring("increlora:"));
+    CHECK_THAT(message, HasSubstring(path));
+    for (const auto& p : parts) CHECK_THAT(message, HasSubstring(p));
   };
   const auto ds = columns("document", "summary");
   check("missing.jsonl", "{\"document\": \"d\", \"title\": \"t\"}\n", ds,
@@ -234,7 +234,7 @@ TEST_CASE("read_examples names the file line and column of bad input", "[summari
   check("missing.csv", "text,title\na,b\n", ds, {"no column \"document\"", "\"text\", \"title\""});
   check("data.txt", "document,summary\n", ds, {"neither .csv, .json nor .jsonl"});
   const std::string absent = dir.file("absent.jsonl");
-  CHECK_THAT(read_error(absent), Catch::Contains("cannot open") && Catch::Contains(absent));
+  CHECK_THAT(read_error(absent), HasSubstring("cannot open") && HasSubstring(absent));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ TEST_CASE("split is deterministic keeps file order and puts ceil of the percenta
   CHECK(summarization::split(examples, 0, 0).validation.empty());
   CHECK(summarization::split(examples, 100, 0).train.empty());
   CHECK(summarization::split({}, 10, 0).validation.empty());
-  CHECK_THROWS_WITH(summarization::split(examples, 101, 0), Catch::Contains("validation_percentage is 101"));
-  CHECK_THROWS_WITH(summarization::split(examples, -1, 0), Catch::Contains("[0, 100]"));
-  CHECK_THROWS_WITH(summarization::split(examples, std::nan(""), 0), Catch::Contains("[0, 100]"));
+  CHECK_THROWS_WITH(summarization::split(examples, 101, 0), HasSubstring("validation_percentage is 101"));
+  CHECK_THROWS_WITH(summarization::split(examples, -1, 0), HasSubstring("[0, 100]"));
+  CHECK_THROWS_WITH(summarization::split(examples, std::nan(""), 0), HasSubstring("[0, 100]"));
 }
