@@ -1,12 +1,14 @@
 #include "increlora/detail/adapter_function.hpp"
 
 #include <torch/autograd.h>
+#include <torch/version.h>
 
 #include "increlora/errors.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 namespace increlora::detail {
 namespace {
@@ -17,21 +19,49 @@ using torch::autograd::variable_list;
 // Largest G block (rows × in) materialised while scoring: 16M elements, 64 MiB in float32.
 constexpr int64_t kScoreBlockElements = int64_t{1} << 24;
 
-struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& P,
-                               const torch::Tensor& lambda_active, const torch::Tensor& Q, double scale,
-                               double reserve_lambda, const std::optional<torch::Tensor>& score_sink) {
+// a · b in `out_dtype`: on CUDA one GEMM that writes float32 from bf16/f16 operands (cuBLAS accumulates in float32
+// anyway), elsewhere the product in the operands' dtype, then a cast.
+torch::Tensor mm_as(const torch::Tensor& a, const torch::Tensor& b, c10::ScalarType out_dtype) {
+  if (a.scalar_type() == out_dtype) return torch::mm(a, b);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+  const auto in = a.scalar_type();
+  if (a.is_cuda() && out_dtype == torch::kFloat && (in == torch::kBFloat16 || in == torch::kHalf)) {
+    return at::mm(a, b, out_dtype);
+  }
+#endif
+  return torch::mm(a, b).to(out_dtype);
+}
+
+struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const std::optional<torch::Tensor>& bias, const torch::Tensor& P,
+                               const torch::Tensor& lambda, const torch::Tensor& Q, const torch::Tensor& gate,
+                               const torch::Tensor& held, const AdapterCall& call,
+                               const std::optional<torch::Tensor>& score_sink) {
+    const auto dtype = x.scalar_type();
     const auto x2 = x.reshape({-1, x.size(-1)});
-    const auto coeff = effective_lambda(lambda_active, Q.size(0), reserve_lambda) * scale;
-    const auto h = torch::mm(x2, Q.t());  // [tokens × n]
-    const auto hc = h * coeff;
-    auto y = torch::mm(hc, P.t());  // [tokens × out]
-    ctx->save_for_backward({x2, h, hc, P, Q, coeff});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["active"] = lambda_active.numel();
+    auto y = torch::linear(x2, weight, bias.has_value() ? *bias : torch::Tensor());  // [tokens × out]
+
+    torch::Tensor xd = x2, mask;
+    if (call.dropout > 0.0) std::tie(xd, mask) = at::native_dropout(x2, call.dropout, /*train=*/true);
+    const auto coeff = torch::addcmul(held, lambda, gate);  // c = λ ⊙ gate + held, in the banks' dtype
+    // P diag(c) and Q in the compute dtype: small [out × capacity] and [capacity × in] kernels, the scaling and
+    // the cast of P in one (mul_out computes in the banks' dtype and stores in the output's).
+    auto Pc = torch::empty(P.sizes(), P.options().dtype(dtype));
+    at::mul_out(Pc, P, coeff);
+    const auto Qc = Q.to(dtype);
+    const auto h = torch::mm(xd, Qc.t());  // [tokens × capacity]
+    y.addmm_(h, Pc.t());                   // the adapter adds into the base output: no separate add
+
+    // x2 only for the base weight's gradient (a frozen base needs none).
+    const bool weight_grad = weight.requires_grad();
+    ctx->save_for_backward({xd, h, Pc, Qc, coeff, gate, weight, weight_grad ? x2 : torch::Tensor(),
+                            mask.defined() ? mask : torch::Tensor(), P, Q});
+    ctx->saved_data["dropout"] = call.dropout;
+    ctx->saved_data["in_use"] = call.in_use;
     if (score_sink.has_value() && score_sink->defined()) ctx->saved_data["sink"] = *score_sink;
     auto out_shape = x.sizes().vec();
-    out_shape.back() = P.size(0);
+    out_shape.back() = weight.size(0);
     return y.view(out_shape);
   }
 
@@ -41,42 +71,57 @@ struct AdapterFunction : public torch::autograd::Function<AdapterFunction> {
     INCRELORA_CHECK(!torch::GradMode::is_enabled(), "SVDLinear's adapter does not support double backward "
                     "(backward with create_graph=true); compute higher derivatives with a plain model.");
     const auto saved = ctx->get_saved_variables();
-    const auto& x2 = saved[0];
-    const auto& h = saved[1];
-    const auto& hc = saved[2];  // h ⊙ λ s, kept from the forward
-    const auto& P = saved[3];
-    const auto& Q = saved[4];
-    const auto& coeff = saved[5];
-    const double scale = ctx->saved_data["scale"].toDouble();
-    const int64_t active = ctx->saved_data["active"].toInt();
-    const auto dy = grad_outputs[0].reshape({-1, P.size(0)});
+    const auto& xd = saved[0];
+    const auto& h = saved[1];   // drop(x) Qᵀ
+    const auto& Pc = saved[2];  // P diag(c)
+    const auto& Qc = saved[3];
+    const auto& coeff = saved[4];
+    const auto& gate = saved[5];
+    const auto& weight = saved[6];
+    const auto& x2 = saved[7];
+    const auto& mask = saved[8];
+    const auto& P = saved[9];
+    const auto& Q = saved[10];
+    const double dropout = ctx->saved_data["dropout"].toDouble();
+    const auto dy = grad_outputs[0].reshape({-1, weight.size(0)});
 
-    const auto dh_scaled = torch::mm(dy, P);  // ∂L/∂(h ⊙ coeff), [tokens × n]
-    torch::Tensor dx, dP, dlambda, dQ;
-    if (ctx->needs_input_grad(1)) dP = torch::mm(dy.t(), hc);
-    if (ctx->needs_input_grad(2)) {
-      dlambda = (dh_scaled.narrow(1, 0, active) * h.narrow(1, 0, active)).sum(0) * scale;
+    torch::Tensor dx, dW, db, dP, dlambda, dQ;
+    if (ctx->needs_input_grad(3) || ctx->needs_input_grad(4)) {
+      // G = dyᵀ h [out × capacity], in the banks' dtype: ∂L/∂P = G diag(c), and ∂L/∂λ_j = gate_j Σ_o P_oj G_oj
+      // (= Σ_tokens (dy P) ⊙ h, without a reduction over the tokens).
+      const auto G = mm_as(dy.t(), h, P.scalar_type());
+      if (ctx->needs_input_grad(3)) dP = G * coeff;
+      if (ctx->needs_input_grad(4)) dlambda = (G * P).sum(0) * gate;
     }
-    const auto dh = dh_scaled * coeff;
-    if (ctx->needs_input_grad(3)) dQ = torch::mm(dh.t(), x2);
+    const auto dh = torch::mm(dy, Pc);  // ∂L/∂h = dy P diag(c), [tokens × capacity]
+    if (ctx->needs_input_grad(5)) dQ = mm_as(dh.t(), xd, Q.scalar_type());
     if (ctx->needs_input_grad(0)) {
       auto shape = grad_outputs[0].sizes().vec();
-      shape.back() = Q.size(1);
-      dx = torch::mm(dh, Q).view(shape);
+      shape.back() = weight.size(1);
+      dx = torch::mm(dy, weight);
+      if (mask.defined()) {
+        dx.add_(at::native_dropout_backward(torch::mm(dh, Qc), mask, 1.0 / (1.0 - dropout)));
+      } else {
+        dx.addmm_(dh, Qc);  // the adapter's input gradient adds into the base's: no separate add
+      }
+      dx = dx.view(shape);
     }
+    if (ctx->needs_input_grad(1)) dW = torch::mm(dy.t(), x2);
+    if (ctx->needs_input_grad(2)) db = dy.sum(0);
 
     if (const auto it = ctx->saved_data.find("sink"); it != ctx->saved_data.end()) {
       torch::NoGradGuard no_grad;
       auto sink = it->second.toTensor();
       if (sink.dim() == 2) {
         // Gradient accumulation: ∂L/∂ΔW = dyᵀ x summed into the sink; the score is taken from the sum.
-        sink.addmm_(dy.t().to(sink.scalar_type()), x2.to(sink.scalar_type()));
+        sink.addmm_(dy.t().to(sink.scalar_type()), xd.to(sink.scalar_type()));
       } else {
-        auto score = importance_score(dy, x2, P, coeff, Q);
+        const int64_t n = ctx->saved_data["in_use"].toInt();
+        auto score = importance_score(dy, xd, P.narrow(1, 0, n), coeff.narrow(0, 0, n), Q.narrow(0, 0, n));
         sink.add_(score.to(sink.device(), sink.scalar_type()));
       }
     }
-    return {dx, dP, dlambda, dQ, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dW, db, dP, dlambda, dQ, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -118,13 +163,15 @@ torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, 
   return total / std::sqrt(static_cast<double>(out * in));
 }
 
-torch::Tensor adapter_forward(const torch::Tensor& x, const torch::Tensor& P, const torch::Tensor& lambda_active,
-                              const torch::Tensor& Q, double scale, double reserve_lambda,
-                              const torch::Tensor& score_sink) {
-  // An optional, so that an undefined sink is not taken for an autograd input.
-  std::optional<torch::Tensor> sink;
+torch::Tensor adapted_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                             const torch::Tensor& P, const torch::Tensor& lambda, const torch::Tensor& Q,
+                             const torch::Tensor& gate, const torch::Tensor& held, const AdapterCall& call,
+                             const torch::Tensor& score_sink) {
+  // Optionals, so that an undefined bias or sink is not taken for an autograd input.
+  std::optional<torch::Tensor> b, sink;
+  if (bias.defined()) b = bias;
   if (score_sink.defined()) sink = score_sink;
-  return AdapterFunction::apply(x, P, lambda_active, Q, scale, reserve_lambda, sink);
+  return AdaptedLinearFunction::apply(x, weight, b, P, lambda, Q, gate, held, call, sink);
 }
 
 }  // namespace increlora::detail

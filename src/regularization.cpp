@@ -2,6 +2,7 @@
 
 #include "increlora/errors.hpp"
 #include "increlora/modules.hpp"
+#include "increlora/svd_linear.hpp"
 
 #include <cmath>
 #include <map>
@@ -11,11 +12,17 @@
 namespace increlora {
 namespace {
 
-// Σ over the stacked matrices M [L × n × k] of ‖M Mᵀ − I‖_F: one batched product for all of them.
-torch::Tensor sum_of_gram_deviations(const std::vector<torch::Tensor>& mats) {
-  const auto stacked = torch::stack(mats);  // [L × n × k]
+// Σ over the stacked banks M [L × capacity × k] of ‖(M Mᵀ − I) ⊙ u uᵀ‖_F, u [L × capacity] marking each layer's
+// slots in use: one batched product for all of them. The mask keeps the whole banks in the product instead of
+// slices of the slots in use, so the backward writes each bank's gradient at full size (zero for the unused
+// slots) instead of a zero fill and a copy per slice; the loss and the gradients of the slots in use are those
+// of the slices.
+torch::Tensor sum_of_gram_deviations(const std::vector<torch::Tensor>& mats, const std::vector<torch::Tensor>& states) {
+  const auto stacked = torch::stack(mats);  // [L × capacity × k]
   const int64_t n = stacked.size(1);
-  const auto gram = torch::bmm(stacked, stacked.transpose(1, 2)) - torch::eye(n, stacked.options());
+  const auto in_use = torch::stack(states).ne(static_cast<int64_t>(SlotState::kUnused)).to(stacked.scalar_type());
+  const auto mask = in_use.unsqueeze(2) * in_use.unsqueeze(1);  // [L × capacity × capacity]
+  const auto gram = (torch::bmm(stacked, stacked.transpose(1, 2)) - torch::eye(n, stacked.options())) * mask;
   return torch::linalg_vector_norm(gram.flatten(1), 2, {1}).sum();
 }
 
@@ -27,20 +34,26 @@ torch::Tensor compute_orth_regu(const torch::nn::Module& model, double regu_weig
   const auto layers = named_svd_linears(model, /*adapters_only=*/true);
   INCRELORA_CHECK(!layers.empty(), "compute_orth_regu: the model has no SVDLinear layer with an adapter "
                   "(build the layers to adapt with r >= 1).");
-  // Layers whose slices have the same shape are stacked and handled by one batched product: a per-layer loop
+  // Layers whose banks have the same shape are stacked and handled by one batched product: a per-layer loop
   // launches ~15 kernels per layer forward and twice that backward, which dominates a transformer's step.
-  // Q Qᵀ is grouped by (slots in use, in_features), Pᵀ P (computed as (Pᵀ)(Pᵀ)ᵀ) by (slots, out_features).
-  std::map<std::pair<int64_t, int64_t>, std::vector<torch::Tensor>> rows_q, rows_p;
+  // Q Qᵀ is grouped by (capacity, in_features), Pᵀ P (computed as (Pᵀ)(Pᵀ)ᵀ) by (capacity, out_features).
+  struct Group {
+    std::vector<torch::Tensor> banks, states;
+  };
+  std::map<std::pair<int64_t, int64_t>, Group> rows_q, rows_p;
   for (const auto& entry : layers) {
     const auto& m = entry.second;
-    const int64_t n = m->in_use();
-    rows_q[{n, m->lora_A.size(1)}].push_back(m->lora_A.narrow(0, 0, n));
-    rows_p[{n, m->lora_B.size(0)}].push_back(m->lora_B.narrow(1, 0, n).t());
+    auto& q = rows_q[{m->capacity(), m->lora_A.size(1)}];
+    q.banks.push_back(m->lora_A);
+    q.states.push_back(m->lora_slot_state);
+    auto& p = rows_p[{m->capacity(), m->lora_B.size(0)}];
+    p.banks.push_back(m->lora_B.t());
+    p.states.push_back(m->lora_slot_state);
   }
   torch::Tensor total;
   for (const auto* groups : {&rows_q, &rows_p}) {
     for (const auto& group : *groups) {
-      auto term = sum_of_gram_deviations(group.second);
+      auto term = sum_of_gram_deviations(group.second.banks, group.second.states);
       total = total.defined() ? total + term : term;
     }
   }

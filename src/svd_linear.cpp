@@ -4,7 +4,6 @@
 #include "increlora/errors.hpp"
 
 #include <ATen/autocast_mode.h>
-#include <torch/nn/functional/dropout.h>
 #include <torch/nn/functional/linear.h>
 #include <torch/nn/init.h>
 
@@ -80,6 +79,8 @@ void SVDLinearImpl::reset() {
   reserve_ = 0;
   merged_ = false;
   score_sink_ = torch::Tensor();
+  slot_gate_ = torch::Tensor();
+  slot_held_ = torch::Tensor();
   lambda_start_.clear();
   factor_start_.clear();
   weight = register_parameter("weight", torch::empty({options_.out_features(), options_.in_features()}),
@@ -133,15 +134,20 @@ void SVDLinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocki
   const auto saved = integer_buffers();
   torch::nn::Module::to(device, dtype, non_blocking);
   restore_integer_buffers(saved);
+  refresh_slot_coefficients();
 }
 
 void SVDLinearImpl::to(torch::Dtype dtype, bool non_blocking) {
   const auto saved = integer_buffers();
   torch::nn::Module::to(dtype, non_blocking);
   restore_integer_buffers(saved);
+  refresh_slot_coefficients();
 }
 
-void SVDLinearImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
+void SVDLinearImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+  refresh_slot_coefficients();
+}
 
 void SVDLinearImpl::load(torch::serialize::InputArchive& archive) {
   torch::nn::Module::load(archive);
@@ -197,24 +203,32 @@ void SVDLinearImpl::check_input(const torch::Tensor& input, bool autocast) const
 torch::Tensor SVDLinearImpl::forward(const torch::Tensor& input) {
   const bool autocast = input.defined() && at::autocast::is_autocast_enabled(input.device().type());
   check_input(input, autocast);
-  // Under autocast, linear is on the lower-precision list: it casts the input and the base weight itself.
-  auto out = torch::nn::functional::linear(input, weight, bias);
-  if (!has_adapter() || merged_ || in_use() == 0) return out;
-  const int64_t n = in_use();
-  auto x = input;
-  if (options_.lora_dropout() > 0.0 && is_training()) {
-    x = torch::nn::functional::dropout(
-        x, torch::nn::functional::DropoutFuncOptions().p(options_.lora_dropout()).training(true));
-  }
-  // The banks may be kept in float32 while the base runs in bf16/f16: the branch computes in the input's
-  // dtype (under autocast, in autocast's dtype, as the base product) and the casts' backward returns float32
-  // gradients to the banks.
+  if (!has_adapter() || merged_ || in_use() == 0) return torch::nn::functional::linear(input, weight, bias);
+  // Under autocast the base product and the adapter branch run in autocast's dtype, as torch::nn::Linear's under
+  // autocast (linear is on its lower-precision list): the input and the base are cast here, and the casts'
+  // backward returns the input's gradient in its own dtype.
   const auto dtype = autocast ? at::autocast::get_autocast_dtype(input.device().type()) : input.scalar_type();
-  if (x.scalar_type() != dtype) x = x.to(dtype);
-  const auto P = lora_B.narrow(1, 0, n).to(dtype);
-  const auto lambda_active = lora_E.narrow(0, 0, active_).to(dtype);
-  const auto Q = lora_A.narrow(0, 0, n).to(dtype);
-  return out + detail::adapter_forward(x, P, lambda_active, Q, scale(), reserve_lambda(), score_sink_);
+  const auto cast = [dtype](const torch::Tensor& t) { return t.defined() && t.scalar_type() != dtype ? t.to(dtype) : t; };
+  if (!slot_gate_.defined() || slot_gate_.device() != lora_E.device() ||
+      slot_gate_.scalar_type() != lora_E.scalar_type()) {
+    refresh_slot_coefficients();  // the banks were moved or converted by hand (set_data)
+  }
+  detail::AdapterCall call;
+  call.in_use = in_use();
+  call.dropout = is_training() ? options_.lora_dropout() : 0.0;
+  return detail::adapted_linear(cast(input), cast(weight), cast(bias), lora_B, lora_E, lora_A, slot_gate_,
+                                slot_held_, call, score_sink_);
+}
+
+void SVDLinearImpl::refresh_slot_coefficients() {
+  if (!has_adapter()) return;
+  torch::NoGradGuard no_grad;
+  // Built with fills on the banks' device (no host copy): safe to run while a CUDA graph is being captured.
+  const auto options = lora_E.options().requires_grad(false);
+  slot_gate_ = torch::zeros({capacity_}, options);
+  if (active_ > 0) slot_gate_.narrow(0, 0, active_).fill_(scale());
+  slot_held_ = torch::zeros({capacity_}, options);
+  if (reserve_ > 0) slot_held_.narrow(0, active_, reserve_).fill_(reserve_lambda() * scale());
 }
 
 torch::Tensor SVDLinearImpl::delta_weight() const {
@@ -278,6 +292,7 @@ void SVDLinearImpl::write_rank_state() {
   lora_slot_state.copy_(state);
   lora_lambda_start.copy_(torch::tensor(lambda_start_, torch::kLong));
   lora_factor_start.copy_(torch::tensor(factor_start_, torch::kLong));
+  refresh_slot_coefficients();
 }
 
 void SVDLinearImpl::sync_rank_state() {
@@ -313,6 +328,7 @@ void SVDLinearImpl::sync_rank_state() {
   };
   lambda_start_ = read(lora_lambda_start, "lora_lambda_start");
   factor_start_ = read(lora_factor_start, "lora_factor_start");
+  refresh_slot_coefficients();
 }
 
 void SVDLinearImpl::set_reserve(int64_t count) {

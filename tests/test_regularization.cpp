@@ -42,19 +42,27 @@ TEST_CASE("compute_orth_regu is the mean over layers and its gradient is autogra
   increlora::test::TinyNet net(7, 3, SVDLinearOptions(1, 1).r(2).capacity(5));
   net->to(torch::kDouble);
   net->fc[1]->grow(2, 0, 0);
-  double expected = 0.0;
-  std::vector<torch::Tensor> leaves;
+  // The reference: the penalty of the slices of the slots in use, per layer, through autograd on leaf copies.
+  torch::Tensor expected = torch::zeros({}, torch::kDouble);
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> leaves;  // (Q slice, P slice) per layer
   for (auto& layer : net->fc) {
     const int64_t n = layer->in_use();
-    auto Q = layer->lora_A.detach().narrow(0, 0, n);
-    auto P = layer->lora_B.detach().narrow(1, 0, n);
+    auto Q = layer->lora_A.detach().narrow(0, 0, n).clone().requires_grad_(true);
+    auto P = layer->lora_B.detach().narrow(1, 0, n).clone().requires_grad_(true);
     const auto eye = torch::eye(n, torch::kDouble);
-    expected += ((Q.mm(Q.t()) - eye).pow(2).sum().sqrt() + (P.t().mm(P) - eye).pow(2).sum().sqrt()).item<double>();
+    expected = expected + (Q.mm(Q.t()) - eye).pow(2).sum().sqrt() + (P.t().mm(P) - eye).pow(2).sum().sqrt();
+    leaves.emplace_back(Q, P);
   }
-  expected *= 0.3 / (2.0 * 3.0);
+  expected = expected * (0.3 / (2.0 * 3.0));
+  expected.backward();
   auto penalty = increlora::compute_orth_regu(*net, 0.3);
-  CHECK(penalty.item<double>() == Approx(expected).epsilon(1e-12));
+  CHECK(penalty.item<double>() == Approx(expected.item<double>()).epsilon(1e-12));
   penalty.backward();
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const int64_t n = net->fc[i]->in_use();
+    CHECK_ALLCLOSE(net->fc[i]->lora_A.grad().narrow(0, 0, n), leaves[i].first.grad(), 1e-12, 1e-12);
+    CHECK_ALLCLOSE(net->fc[i]->lora_B.grad().narrow(1, 0, n), leaves[i].second.grad(), 1e-12, 1e-12);
+  }
   // Slots not in use get no gradient; slots in use do.
   CHECK(net->fc[0]->lora_A.grad().narrow(0, 2, 3).abs().max().item<double>() == 0.0);
   CHECK(net->fc[1]->lora_A.grad().narrow(0, 0, 4).abs().max().item<double>() > 0.0);

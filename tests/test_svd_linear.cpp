@@ -150,6 +150,77 @@ TEST_CASE("The factored backward equals dense autograd through ΔW, for the grad
   CHECK(sink.item<double>() == Approx(dense_score).epsilon(1e-10));
 }
 
+TEST_CASE("Under dropout the fused layer equals dense autograd through the same mask, unused slots get no "
+          "gradient", "[svd_linear][gradients][dropout]") {
+  auto device = GENERATE(from_range(devices()));
+  auto reserve = GENERATE(0, 1);
+  CAPTURE(device, reserve);
+  torch::manual_seed(11);
+  const int64_t in = 19, out = 13;
+  const double p = 0.3;
+  SVDLinear layer(SVDLinearOptions(in, out).r(2).lora_alpha(4).lora_dropout(p).capacity(6));
+  layer->to(torch::Device(device), torch::kDouble);
+  layer->set_reserve(reserve);
+  randomize_adapter(layer);
+  layer->train();
+  const int64_t n = layer->in_use();
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble).device(device);
+  auto x = torch::randn({3, 5, in}, opts).requires_grad_(true);
+  auto upstream = torch::randn({3, 5, out}, opts);
+  torch::manual_seed(12);
+  (layer(x) * upstream).sum().backward();
+
+  // The same mask: the layer's first random draw is native_dropout of its input.
+  torch::manual_seed(12);
+  auto xr = x.detach().clone().requires_grad_(true);
+  const auto mask = std::get<1>(at::native_dropout(xr.detach().reshape({-1, in}), p, true)).view(xr.sizes());
+  auto P = layer->lora_B.detach().narrow(1, 0, n).clone().requires_grad_(true);
+  auto Q = layer->lora_A.detach().narrow(0, 0, n).clone().requires_grad_(true);
+  auto lam = layer->lora_E.detach().narrow(0, 0, layer->rank()).clone().requires_grad_(true);
+  auto lam_eff = torch::cat({lam, torch::full({reserve}, layer->reserve_lambda(), opts)});
+  auto dw = torch::mm(P * (lam_eff * layer->scale()).unsqueeze(0), Q);
+  auto yr = torch::nn::functional::linear(xr, layer->weight, layer->bias) +
+            torch::matmul(xr * mask.to(torch::kDouble) / (1.0 - p), dw.t());
+  (yr * upstream).sum().backward();
+
+  CHECK_ALLCLOSE(x.grad(), xr.grad(), 1e-10, 1e-11);
+  CHECK_ALLCLOSE(layer->lora_B.grad().narrow(1, 0, n), P.grad(), 1e-10, 1e-11);
+  CHECK_ALLCLOSE(layer->lora_A.grad().narrow(0, 0, n), Q.grad(), 1e-10, 1e-11);
+  CHECK_ALLCLOSE(layer->lora_E.grad().narrow(0, 0, layer->rank()), lam.grad(), 1e-10, 1e-11);
+  // Slots not in use: exactly zero gradients (the optimizer must not see noise there); the reserve's λ is held.
+  const int64_t unused = layer->capacity() - n;
+  CHECK(layer->lora_B.grad().narrow(1, n, unused).abs().max().item<double>() == 0.0);
+  CHECK(layer->lora_A.grad().narrow(0, n, unused).abs().max().item<double>() == 0.0);
+  CHECK(layer->lora_E.grad().narrow(0, layer->rank(), layer->capacity() - layer->rank()).abs().max().item<double>() ==
+        0.0);
+  // In eval mode there is no dropout: the layer is deterministic and equals the mask-free dense product.
+  layer->eval();
+  torch::NoGradGuard no_grad;
+  const auto dense = torch::nn::functional::linear(x, layer->weight, layer->bias) + torch::matmul(x, dw.t());
+  CHECK_ALLCLOSE(layer(x), dense, 1e-10, 1e-11);
+}
+
+TEST_CASE("A trainable base weight and bias get autograd's gradients through the fused layer",
+          "[svd_linear][gradients]") {
+  auto device = GENERATE(from_range(devices()));
+  CAPTURE(device);
+  torch::manual_seed(13);
+  SVDLinear layer(SVDLinearOptions(11, 7).r(2).lora_alpha(2).capacity(4));
+  layer->to(torch::Device(device), torch::kDouble);
+  randomize_adapter(layer);
+  layer->weight.set_requires_grad(true);
+  layer->bias.set_requires_grad(true);
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble).device(device);
+  const auto x = torch::randn({6, 11}, opts);  // an input that needs no gradient: the base's dx is skipped
+  const auto upstream = torch::randn({6, 7}, opts);
+  (layer(x) * upstream).sum().backward();
+  auto W = layer->weight.detach().clone().requires_grad_(true);
+  auto b = layer->bias.detach().clone().requires_grad_(true);
+  (torch::nn::functional::linear(x, W, b) * upstream).sum().backward();
+  CHECK_ALLCLOSE(layer->weight.grad(), W.grad(), 1e-12, 1e-12);
+  CHECK_ALLCLOSE(layer->bias.grad(), b.grad(), 1e-12, 1e-12);
+}
+
 TEST_CASE("The score is computed in blocks when ∂L/∂ΔW is large, with the same value", "[svd_linear][score]") {
   torch::manual_seed(3);
   const auto opts = torch::TensorOptions().dtype(torch::kDouble);

@@ -61,9 +61,10 @@ enum class SlotState : int64_t {
 ///
 /// Slots [0, rank) are active; under advance learning the next slots are a reserve whose P and Q train
 /// while λ is held. Growing the rank flips slot states and rescales λ so that the layer's output does not
-/// change; it never registers a new tensor. The adapter branch runs as one autograd function that never
-/// builds ΔW in the forward and, when a score sink is attached, also accumulates the paper's importance
-/// score Σ|ΔW ⊙ ∂L/∂ΔW| / sqrt(numel ΔW) in its backward.
+/// change; it never registers a new tensor. The base product and the adapter branch run as one autograd function
+/// over the whole banks (unused slots weigh 0 and get zero gradients), which never builds ΔW, adds the branch
+/// into the base's output and input gradient without separate kernels and, when a score sink is attached, also
+/// accumulates the paper's importance score Σ|ΔW ⊙ ∂L/∂ΔW| / sqrt(numel ΔW) in its backward.
 ///
 /// Host-side rank state mirrors the buffers `lora_ranknum`, `lora_slot_state`, `lora_lambda_start` and
 /// `lora_factor_start`; after copying buffers in by hand (e.g. `torch::load`) call `sync_rank_state()`.
@@ -179,6 +180,8 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   /// Fresh slots [first, first + n): Q ~ N(0, 0.02²), P likewise or 0, λ = 0, P/Q training from `step`.
   void init_slots(int64_t first, int64_t n, int64_t step, bool zero_P);
   void check_input(const torch::Tensor& input, bool autocast) const;
+  /// Rebuilds slot_gate_ and slot_held_ from the rank state, on the banks' device and in their dtype.
+  void refresh_slot_coefficients();
 
   SVDLinearOptions options_;
   int64_t capacity_ = 0;
@@ -188,6 +191,10 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   std::vector<int64_t> lambda_start_;
   std::vector<int64_t> factor_start_;
   torch::Tensor score_sink_;
+  /// Per slot, what multiplies λ in the forward (s on active slots, else 0) and what is added to it (the held
+  /// λ·s on reserve slots, else 0): the slot coefficient is λ ⊙ gate + held. Derived state, not saved.
+  torch::Tensor slot_gate_;
+  torch::Tensor slot_held_;
 };
 
 /// A `ModuleHolder` for `SVDLinearImpl`, as `torch::nn::Linear` is for `LinearImpl`.

@@ -1,28 +1,49 @@
 #pragma once
 /// \file
-/// The adapter branch of `SVDLinear` as one autograd node. Internal: used by svd_linear.cpp and the tests.
+/// An adapted linear layer's forward (frozen base product and adapter branch) as one autograd node. Internal:
+/// used by svd_linear.cpp and the tests.
 
 #include <torch/types.h>
 
+#include <cstdint>
+
 namespace increlora::detail {
 
-/// y = ((x Qᵀ) ⊙ (λ s)) Pᵀ for x [..., in], P [out × n], Q [n × in], where λ is `lambda_active` for the
-/// first `lambda_active.numel()` slots and the constant `reserve_lambda` for the remaining (reserve) slots,
-/// which receive no λ gradient. The dense ΔW is never formed in the forward.
+/// Settings of one call of `adapted_linear` that are not tensors.
+struct AdapterCall {
+  /// Slots taking part in the forward (active + reserve): the importance score is taken over these.
+  int64_t in_use = 0;
+  /// Dropout probability on the adapter branch's input (0: none, as in eval mode).
+  double dropout = 0.0;
+};
+
+/// y = x Wᵀ + b + ((drop(x) Qᵀ) ⊙ c) Pᵀ for x [..., in], W [out × in], b [out] (may be undefined), and the whole
+/// banks P [out × capacity], λ [capacity], Q [capacity × in], with the per-slot coefficient
+/// c = λ ⊙ gate + held: `gate` [capacity] is the scale s on active slots and 0 elsewhere, `held` [capacity] the
+/// reserve's held λ·s on reserve slots and 0 elsewhere. Unused slots (both 0) add nothing and receive exactly
+/// zero gradients; reserve slots train P and Q but not λ.
 ///
-/// Backward returns the gradients of x, P, λ (active slots) and Q. When `score_sink` is defined it also
-/// adds Σ|ΔW ⊙ G| / sqrt(out·in) to it, with G = ∂L/∂ΔW = Σ_tokens dy ⊗ x, computed in row blocks (so the
-/// transient never exceeds ~16M elements) and freed at once; the sum accumulates in float32 (float64 for double
-/// inputs), the products run in float32 for f16 inputs (range) and in the input's precision otherwise.
-torch::Tensor adapter_forward(const torch::Tensor& x, const torch::Tensor& P, const torch::Tensor& lambda_active,
-                              const torch::Tensor& Q, double scale, double reserve_lambda,
-                              const torch::Tensor& score_sink);
+/// Why one node over the whole banks: the adapter adds into the base product's output (a GEMM with β = 1) and its
+/// input gradient into the base's (the dropout mask applied in the same pass), so neither the output nor the
+/// input gradient costs a separate add; the banks' gradients come out at their full size and dtype, so autograd
+/// runs no slice-backward (a zero fill and a copy per bank) and no cast-backward. The products are skinny
+/// (capacity columns), so the unused slots cost next to nothing. The dense ΔW is never formed.
+///
+/// x and W must have the same dtype (the compute dtype: the caller casts under autocast); the banks may be
+/// float32 under a bf16/f16 base and get float32 gradients. When `score_sink` is defined the backward also adds
+/// the importance score of the `in_use` slots to it (see `importance_score`), or ∂L/∂ΔW for a 2-D sink.
+torch::Tensor adapted_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                             const torch::Tensor& P, const torch::Tensor& lambda, const torch::Tensor& Q,
+                             const torch::Tensor& gate, const torch::Tensor& held, const AdapterCall& call,
+                             const torch::Tensor& score_sink);
 
 /// λ over `in_use` slots: `lambda_active` followed by the held `reserve_lambda` for the reserve slots.
 torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_use, double reserve_lambda);
 
 /// Σ|ΔW ⊙ (dyᵀ x)| / sqrt(numel ΔW) for 2-D dy [tokens × out], x [tokens × in] and a dense ΔW [out × in]
-/// given in factors (P [out × n], coeff [n] = λ s, Q [n × in]); blocked over output rows.
+/// given in factors (P [out × n], coeff [n] = λ s, Q [n × in]); blocked over output rows, so that the transient
+/// never exceeds ~16M elements. The sum accumulates in float32 (float64 for double inputs); the products run in
+/// float32 for f16 inputs (range) and in the input's precision otherwise.
 torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
                                const torch::Tensor& coeff, const torch::Tensor& Q);
 
