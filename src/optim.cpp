@@ -123,7 +123,9 @@ void FusedAdamW::track_adapter_slots(const torch::nn::Module& model, int64_t glo
   // Buckets by (group, device, dtype); their buffers are allocated once every bank is known.
   std::map<std::tuple<size_t, int, int, int>, std::shared_ptr<SlotBucket>> buckets;
   std::vector<std::pair<TrackedBank*, std::vector<double>>> initial_counts;
-  for (const auto& [name, layer] : layers) {
+  for (const auto& entry : layers) {
+    const auto& name = entry.first;  // a plain reference: lambdas capture no structured binding (C++20)
+    const auto& layer = entry.second;
     auto tracked = std::make_shared<TrackedLayer>();
     tracked->layer = layer;
     const auto init = [&](TrackedBank& bank, const torch::Tensor& param, int64_t dim, bool lambda,
@@ -185,7 +187,8 @@ void FusedAdamW::track_adapter_slots(const torch::nn::Module& model, int64_t glo
     }
     const auto numel = bank->param.numel();
     const auto shape = bank->param.sizes();
-    const auto view = [&](const torch::Tensor& flat) { return flat.narrow(0, bank->offset, numel).view(shape); };
+    const auto offset = bank->offset;  // lambdas capture no structured binding (C++20)
+    const auto view = [&](const torch::Tensor& flat) { return flat.narrow(0, offset, numel).view(shape); };
     bank->count_view = view(b.count);
     bank->rate_view = view(b.rate);
     bank->step_size_view = view(b.step_size);

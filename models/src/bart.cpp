@@ -4,6 +4,8 @@
 #include <increlora/modules.hpp>
 #include <increlora/safetensors.hpp>
 
+#include "config_json.hpp"
+
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <c10/util/BFloat16.h>
 #include <torch/nn/functional/activation.h>
@@ -134,47 +136,16 @@ torch::Tensor clamp_half(torch::Tensor hidden) {
 double BartConfig::embed_scale() const { return scale_embedding ? std::sqrt(static_cast<double>(d_model)) : 1.0; }
 
 BartConfig BartConfig::from_json_string(const std::string& text, const std::string& origin) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    INCRELORA_CHECK(false, origin, " is not valid JSON (", e.what(), ").");
-  }
-  INCRELORA_CHECK(j.is_object(), origin, " must hold a JSON object.");
+  const models::detail::ConfigJson j(text, origin);
+  const auto get = [&j](const char* key, auto& into) { j.get(key, into); };
+  const auto present = [&j](const char* key) { return j.present(key); };
+  const auto wrong_type = [&j](const char* key, const char* expected) { j.wrong_type(key, expected); };
   BartConfig c;
-  auto wrong_type = [&](const char* key, const char* expected) {
-    INCRELORA_CHECK(false, origin, ": the field \"", key, "\" has the wrong type (", j[key].dump(), "); expected ",
-                    expected, ".");
-  };
-  auto present = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
-  auto get = [&](const char* key, auto& into) {
-    if (!present(key)) return;
-    using T = std::decay_t<decltype(into)>;
-    const auto& v = j[key];
-    // nlohmann converts between numbers and booleans silently; a config with "true" for a width is a mistake.
-    bool ok;
-    if constexpr (std::is_same_v<T, bool>) {
-      ok = v.is_boolean();
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      ok = v.is_string();
-    } else if constexpr (std::is_integral_v<T>) {
-      ok = v.is_number_integer();
-    } else {
-      ok = v.is_number();
-    }
-    if (!ok) {
-      wrong_type(key, std::is_same_v<T, bool>          ? "true or false"
-                      : std::is_same_v<T, std::string> ? "a string"
-                      : std::is_integral_v<T>          ? "an integer"
-                                                       : "a number");
-    }
-    into = v.get<T>();
-  };
   // Token ids: an integer, or (as transformers allows for eos_token_id) a list holding one integer. Returns
   // whether the key was present and not null.
   auto get_token = [&](const char* key, int64_t& into) {
     if (!present(key)) return false;
-    const auto& v = j[key];
+    const auto& v = j.at(key);
     if (v.is_number_integer()) {
       into = v.get<int64_t>();
     } else if (v.is_array() && v.size() == 1 && v[0].is_number_integer()) {
@@ -276,25 +247,11 @@ BartConfig BartConfig::from_json_string(const std::string& text, const std::stri
 }
 
 BartConfig BartConfig::from_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  INCRELORA_CHECK(in.good(), "cannot open the model config '", path,
-                  "'; pass a Hugging Face checkpoint directory holding config.json.");
-  std::stringstream text;
-  text << in.rdbuf();
-  return from_json_string(text.str(), path);
+  return from_json_string(models::detail::read_config_text(path), path);
 }
 
 bool is_bart_config(const std::string& config_json_path) {
-  std::ifstream in(config_json_path, std::ios::binary);
-  INCRELORA_CHECK(in.good(), "is_bart_config: cannot open '", config_json_path, "'.");
-  nlohmann::json j;
-  try {
-    in >> j;
-  } catch (const nlohmann::json::exception& e) {
-    INCRELORA_CHECK(false, "is_bart_config: '", config_json_path, "' is not valid JSON (", e.what(), ").");
-  }
-  INCRELORA_CHECK(j.is_object(), "is_bart_config: '", config_json_path, "' must hold a JSON object.");
-  return j.contains("model_type") && j["model_type"].is_string() && j["model_type"].get<std::string>() == "bart";
+  return models::detail::config_model_type(config_json_path, "is_bart_config") == "bart";
 }
 
 std::vector<std::string> lora_patterns_from_short_names(const std::vector<std::string>& names) {

@@ -4,6 +4,8 @@
 #include <increlora/modules.hpp>
 #include <increlora/serialize.hpp>
 
+#include "config_json.hpp"
+
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/init.h>
@@ -52,22 +54,9 @@ torch::Tensor key_mask(const torch::Tensor& attention_mask) {
 // ---- config ------------------------------------------------------------------------------------------------
 
 BertConfig BertConfig::from_json_string(const std::string& text, const std::string& origin) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    INCRELORA_CHECK(false, origin, " is not valid JSON (", e.what(), ").");
-  }
-  INCRELORA_CHECK(j.is_object(), origin, " must hold a JSON object.");
+  const models::detail::ConfigJson j(text, origin);
+  const auto get = [&j](const char* key, auto& into) { j.get(key, into); };
   BertConfig c;
-  auto get = [&](const char* key, auto& into) {
-    if (!j.contains(key) || j[key].is_null()) return;
-    try {
-      into = j[key].get<std::decay_t<decltype(into)>>();
-    } catch (const nlohmann::json::exception&) {
-      INCRELORA_CHECK(false, origin, ": the field \"", key, "\" has the wrong type (", j[key].dump(), ").");
-    }
-  };
   get("model_type", c.model_type);
   get("vocab_size", c.vocab_size);
   get("hidden_size", c.hidden_size);
@@ -82,8 +71,8 @@ BertConfig BertConfig::from_json_string(const std::string& text, const std::stri
   get("layer_norm_eps", c.layer_norm_eps);
   get("initializer_range", c.initializer_range);
   get("pad_token_id", c.pad_token_id);
-  if (j.contains("classifier_dropout") && j["classifier_dropout"].is_number()) {
-    c.classifier_dropout = j["classifier_dropout"].get<double>();
+  if (j.present("classifier_dropout") && j.at("classifier_dropout").is_number()) {
+    c.classifier_dropout = j.at("classifier_dropout").get<double>();
   }
   std::string position = "absolute";
   get("position_embedding_type", position);
@@ -105,12 +94,7 @@ BertConfig BertConfig::from_json_string(const std::string& text, const std::stri
 }
 
 BertConfig BertConfig::from_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  INCRELORA_CHECK(in.good(), "cannot open the model config '", path,
-                  "'; pass a Hugging Face checkpoint directory holding config.json.");
-  std::stringstream text;
-  text << in.rdbuf();
-  return from_json_string(text.str(), path);
+  return from_json_string(models::detail::read_config_text(path), path);
 }
 
 std::vector<std::string> lora_patterns_from_short_names(const std::vector<std::string>& names) {

@@ -4,6 +4,8 @@
 #include <increlora/modules.hpp>
 #include <increlora/safetensors.hpp>
 
+#include "config_json.hpp"
+
 #include <c10/util/BFloat16.h>
 #include <torch/nn/functional/activation.h>
 
@@ -113,48 +115,11 @@ bool DebertaConfig::has_p2c() const { return contains(pos_att_type, "p2c"); }
 bool DebertaConfig::normalizes_rel_embeddings() const { return contains(split_bar(norm_rel_ebd), "layer_norm"); }
 
 DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std::string& origin) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    INCRELORA_CHECK(false, origin, " is not valid JSON (", e.what(), ").");
-  }
-  INCRELORA_CHECK(j.is_object(), origin, " must hold a JSON object.");
+  const models::detail::ConfigJson j(text, origin);
+  const auto get = [&j](const char* key, auto& into) { j.get(key, into); };
+  const auto present = [&j](const char* key) { return j.present(key); };
+  const auto wrong_type = [&j](const char* key, const char* expected) { j.wrong_type(key, expected); };
   DebertaConfig c;
-  auto wrong_type = [&](const char* key, const char* expected) {
-    INCRELORA_CHECK(false, origin, ": the field \"", key, "\" has the wrong type (", j[key].dump(), "); expected ",
-                    expected, ".");
-  };
-  auto present = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
-  auto get = [&](const char* key, auto& into) {
-    if (!present(key)) return;
-    using T = std::decay_t<decltype(into)>;
-    const auto& v = j[key];
-    // nlohmann converts between numbers and booleans silently; a config with "true" for a width is a mistake.
-    bool ok;
-    if constexpr (std::is_same_v<T, bool>) {
-      ok = v.is_boolean();
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      ok = v.is_string();
-    } else if constexpr (std::is_integral_v<T>) {
-      ok = v.is_number_integer();
-    } else {
-      ok = v.is_number();
-    }
-    if (!ok) {
-      wrong_type(key, std::is_same_v<T, bool>          ? "true or false"
-                      : std::is_same_v<T, std::string> ? "a string"
-                      : std::is_integral_v<T>          ? "an integer"
-                                                       : "a number");
-    }
-    into = v.get<T>();
-  };
-  auto get_optional = [&](const char* key, auto& into) {
-    if (!present(key)) return;
-    typename std::decay_t<decltype(into)>::value_type value{};
-    get(key, value);
-    into = value;
-  };
   get("model_type", c.model_type);
   INCRELORA_CHECK(c.model_type == "deberta-v2", origin, ": model_type \"", c.model_type,
                   "\" is not DeBERTa-v2/v3; this encoder implements model_type \"deberta-v2\" only",
@@ -178,13 +143,13 @@ DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std
   get("share_att_key", c.share_att_key);
   get("position_biased_input", c.position_biased_input);
   get("pad_token_id", c.pad_token_id);
-  get_optional("embedding_size", c.embedding_size);
-  get_optional("pooler_hidden_size", c.pooler_hidden_size);
+  get("embedding_size", c.embedding_size);
+  get("pooler_hidden_size", c.pooler_hidden_size);
   get("pooler_dropout", c.pooler_dropout);
   get("pooler_hidden_act", c.pooler_hidden_act);
-  get_optional("cls_dropout", c.cls_dropout);
+  get("cls_dropout", c.cls_dropout);
   if (present("pos_att_type")) {
-    const auto& v = j["pos_att_type"];
+    const auto& v = j.at("pos_att_type");
     if (v.is_string()) {
       c.pos_att_type = split_bar(v.get<std::string>());
     } else if (v.is_array()) {
@@ -248,25 +213,11 @@ DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std
 }
 
 DebertaConfig DebertaConfig::from_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  INCRELORA_CHECK(in.good(), "cannot open the model config '", path,
-                  "'; pass a Hugging Face checkpoint directory holding config.json.");
-  std::stringstream text;
-  text << in.rdbuf();
-  return from_json_string(text.str(), path);
+  return from_json_string(models::detail::read_config_text(path), path);
 }
 
 bool is_deberta_config(const std::string& config_json_path) {
-  std::ifstream in(config_json_path, std::ios::binary);
-  INCRELORA_CHECK(in.good(), "is_deberta_config: cannot open '", config_json_path, "'.");
-  nlohmann::json j;
-  try {
-    in >> j;
-  } catch (const nlohmann::json::exception& e) {
-    INCRELORA_CHECK(false, "is_deberta_config: '", config_json_path, "' is not valid JSON (", e.what(), ").");
-  }
-  INCRELORA_CHECK(j.is_object(), "is_deberta_config: '", config_json_path, "' must hold a JSON object.");
-  return j.contains("model_type") && j["model_type"].is_string() && j["model_type"].get<std::string>() == "deberta-v2";
+  return models::detail::config_model_type(config_json_path, "is_deberta_config") == "deberta-v2";
 }
 
 std::vector<std::string> lora_patterns_from_short_names(const std::vector<std::string>& names) {

@@ -148,6 +148,15 @@ TEST_CASE("Config and checkpoint errors say what to change", "[bert][encoder][er
                     HasSubstring("model_type \"gpt2\" is not a BERT-family encoder"));
   CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"hidden_size": "big"})"),
                     HasSubstring("the field \"hidden_size\" has the wrong type"));
+  // Strict types: a width written as a float or a boolean is named, not truncated or converted.
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"hidden_size": 768.5})"),
+                    HasSubstring("\"hidden_size\" has the wrong type (768.5); expected an integer"));
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"num_hidden_layers": true})"),
+                    HasSubstring("expected an integer"));
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"hidden_dropout_prob": "0.1"})"),
+                    HasSubstring("expected a number"));
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string("[1, 2]"), HasSubstring("must hold a JSON object"));
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string("{"), HasSubstring("is not valid JSON"));
   CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"position_embedding_type": "relative_key"})"),
                     HasSubstring("only \"absolute\" position embeddings"));
   CHECK_THROWS_WITH(bert::BertConfig::from_json_file("/nonexistent/config.json"),
