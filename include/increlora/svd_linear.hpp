@@ -47,7 +47,7 @@ struct SVDLinearOptions {
 
 /// What one slot of the banks is doing. Stored per slot in the buffer `lora_slot_state`.
 enum class SlotState : int64_t {
-  kUnused = 0,   ///< not part of the forward; P, Q hold fresh random values, λ = 0
+  kUnused = 0,   ///< adds nothing to the forward (its coefficient is 0, so is its gradient); fresh random P, Q, λ = 0
   kActive = 1,   ///< a trained triplet of the incremental matrix
   kReserve = 2,  ///< advance learning: P and Q train, λ is held at a tiny constant and receives no update
 };
