@@ -55,8 +55,7 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
 
     // x2 only for the base weight's gradient (a frozen base needs none).
     const bool weight_grad = weight.requires_grad();
-    ctx->save_for_backward({xd, h, Pc, Qc, coeff, gate, weight, weight_grad ? x2 : torch::Tensor(),
-                            mask.defined() ? mask : torch::Tensor(), P, Q});
+    ctx->save_for_backward({xd, h, Pc, Qc, coeff, gate, weight, weight_grad ? x2 : torch::Tensor(), mask, P, Q});
     ctx->saved_data["dropout"] = call.dropout;
     ctx->saved_data["in_use"] = call.in_use;
     if (score_sink.has_value() && score_sink->defined()) ctx->saved_data["sink"] = *score_sink;
@@ -93,7 +92,8 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
       if (ctx->needs_input_grad(3)) dP = G * coeff;
       if (ctx->needs_input_grad(4)) dlambda = (G * P).sum(0) * gate;
     }
-    const auto dh = torch::mm(dy, Pc);  // ∂L/∂h = dy P diag(c), [tokens × capacity]
+    torch::Tensor dh;  // ∂L/∂h = dy P diag(c), [tokens × capacity]
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(5)) dh = torch::mm(dy, Pc);
     if (ctx->needs_input_grad(5)) dQ = mm_as(dh.t(), xd, Q.scalar_type());
     if (ctx->needs_input_grad(0)) {
       auto shape = grad_outputs[0].sizes().vec();
@@ -126,12 +126,6 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
 };
 
 }  // namespace
-
-torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_use, double reserve_lambda) {
-  const int64_t reserve = in_use - lambda_active.numel();
-  if (reserve == 0) return lambda_active;
-  return torch::cat({lambda_active, torch::full({reserve}, reserve_lambda, lambda_active.options())});
-}
 
 torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
                                const torch::Tensor& coeff, const torch::Tensor& Q) {

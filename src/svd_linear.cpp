@@ -134,20 +134,15 @@ void SVDLinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocki
   const auto saved = integer_buffers();
   torch::nn::Module::to(device, dtype, non_blocking);
   restore_integer_buffers(saved);
-  refresh_slot_coefficients();
 }
 
 void SVDLinearImpl::to(torch::Dtype dtype, bool non_blocking) {
   const auto saved = integer_buffers();
   torch::nn::Module::to(dtype, non_blocking);
   restore_integer_buffers(saved);
-  refresh_slot_coefficients();
 }
 
-void SVDLinearImpl::to(torch::Device device, bool non_blocking) {
-  torch::nn::Module::to(device, non_blocking);
-  refresh_slot_coefficients();
-}
+void SVDLinearImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
 
 void SVDLinearImpl::load(torch::serialize::InputArchive& archive) {
   torch::nn::Module::load(archive);
@@ -209,10 +204,7 @@ torch::Tensor SVDLinearImpl::forward(const torch::Tensor& input) {
   // backward returns the input's gradient in its own dtype.
   const auto dtype = autocast ? at::autocast::get_autocast_dtype(input.device().type()) : input.scalar_type();
   const auto cast = [dtype](const torch::Tensor& t) { return t.defined() && t.scalar_type() != dtype ? t.to(dtype) : t; };
-  if (!slot_gate_.defined() || slot_gate_.device() != lora_E.device() ||
-      slot_gate_.scalar_type() != lora_E.scalar_type()) {
-    refresh_slot_coefficients();  // the banks were moved or converted by hand (set_data)
-  }
+  if (!slot_coefficients_current()) refresh_slot_coefficients();  // the banks were moved or converted
   detail::AdapterCall call;
   call.in_use = in_use();
   call.dropout = is_training() ? options_.lora_dropout() : 0.0;
@@ -220,15 +212,36 @@ torch::Tensor SVDLinearImpl::forward(const torch::Tensor& input) {
                                 slot_held_, call, score_sink_);
 }
 
+bool SVDLinearImpl::slot_coefficients_current() const {
+  return slot_gate_.defined() && slot_gate_.device() == lora_E.device() &&
+         slot_gate_.scalar_type() == lora_E.scalar_type();
+}
+
+void SVDLinearImpl::fill_slot_coefficients(torch::Tensor& gate, torch::Tensor& held) const {
+  // Fills on the banks' device (no host copy): safe while a CUDA graph is being captured.
+  gate.zero_();
+  if (active_ > 0) gate.narrow(0, 0, active_).fill_(scale());
+  held.zero_();
+  if (reserve_ > 0) held.narrow(0, active_, reserve_).fill_(reserve_lambda() * scale());
+}
+
 void SVDLinearImpl::refresh_slot_coefficients() {
   if (!has_adapter()) return;
   torch::NoGradGuard no_grad;
-  // Built with fills on the banks' device (no host copy): safe to run while a CUDA graph is being captured.
-  const auto options = lora_E.options().requires_grad(false);
-  slot_gate_ = torch::zeros({capacity_}, options);
-  if (active_ > 0) slot_gate_.narrow(0, 0, active_).fill_(scale());
-  slot_held_ = torch::zeros({capacity_}, options);
-  if (reserve_ > 0) slot_held_.narrow(0, active_, reserve_).fill_(reserve_lambda() * scale());
+  // In place while the tensors fit: a captured CUDA graph reads them by address, and a rank state written again
+  // with the same rank (a load) keeps the graph valid only if the storage stays.
+  if (!slot_coefficients_current()) {
+    slot_gate_ = torch::empty({capacity_}, lora_E.options().requires_grad(false));
+    slot_held_ = torch::empty({capacity_}, lora_E.options().requires_grad(false));
+  }
+  fill_slot_coefficients(slot_gate_, slot_held_);
+}
+
+torch::Tensor SVDLinearImpl::slot_coefficients() const {
+  if (slot_coefficients_current()) return torch::addcmul(slot_held_, lora_E, slot_gate_);
+  auto gate = torch::empty({capacity_}, lora_E.options().requires_grad(false)), held = torch::empty_like(gate);
+  fill_slot_coefficients(gate, held);
+  return torch::addcmul(held, lora_E, gate);
 }
 
 torch::Tensor SVDLinearImpl::delta_weight() const {
@@ -236,7 +249,7 @@ torch::Tensor SVDLinearImpl::delta_weight() const {
   torch::NoGradGuard no_grad;
   const int64_t n = in_use();
   if (n == 0) return torch::zeros_like(weight);
-  const auto coeff = detail::effective_lambda(lora_E.narrow(0, 0, active_), n, reserve_lambda()) * scale();
+  const auto coeff = slot_coefficients().narrow(0, 0, n);
   const auto dw = torch::mm(lora_B.narrow(1, 0, n) * coeff.unsqueeze(0), lora_A.narrow(0, 0, n));
   return dw.to(weight.scalar_type());
 }

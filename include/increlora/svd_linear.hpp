@@ -180,8 +180,14 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   /// Fresh slots [first, first + n): Q ~ N(0, 0.02²), P likewise or 0, λ = 0, P/Q training from `step`.
   void init_slots(int64_t first, int64_t n, int64_t step, bool zero_P);
   void check_input(const torch::Tensor& input, bool autocast) const;
-  /// Rebuilds slot_gate_ and slot_held_ from the rank state, on the banks' device and in their dtype.
+  /// Whether slot_gate_ and slot_held_ exist on the banks' device and in their dtype.
+  bool slot_coefficients_current() const;
+  /// Writes the rank state's gate and held values into the two [capacity] tensors.
+  void fill_slot_coefficients(torch::Tensor& gate, torch::Tensor& held) const;
+  /// Brings slot_gate_ and slot_held_ up to the rank state (in place when they are current).
   void refresh_slot_coefficients();
+  /// The per-slot coefficient c = λ ⊙ gate + held of every slot (no gradient path needed: merge, export, tests).
+  torch::Tensor slot_coefficients() const;
 
   SVDLinearOptions options_;
   int64_t capacity_ = 0;

@@ -137,48 +137,45 @@ double BartConfig::embed_scale() const { return scale_embedding ? std::sqrt(stat
 
 BartConfig BartConfig::from_json_string(const std::string& text, const std::string& origin) {
   const models::detail::ConfigJson j(text, origin);
-  const auto get = [&j](const char* key, auto& into) { j.get(key, into); };
-  const auto present = [&j](const char* key) { return j.present(key); };
-  const auto wrong_type = [&j](const char* key, const char* expected) { j.wrong_type(key, expected); };
   BartConfig c;
   // Token ids: an integer, or (as transformers allows for eos_token_id) a list holding one integer. Returns
   // whether the key was present and not null.
   auto get_token = [&](const char* key, int64_t& into) {
-    if (!present(key)) return false;
+    if (!j.present(key)) return false;
     const auto& v = j.at(key);
     if (v.is_number_integer()) {
       into = v.get<int64_t>();
     } else if (v.is_array() && v.size() == 1 && v[0].is_number_integer()) {
       into = v[0].get<int64_t>();
     } else {
-      wrong_type(key, "a token id (an integer, or a list of one integer)");
+      j.wrong_type(key, "a token id (an integer, or a list of one integer)");
     }
     return true;
   };
-  get("model_type", c.model_type);
+  j.get("model_type", c.model_type);
   INCRELORA_CHECK(c.model_type == "bart", origin, ": model_type \"", c.model_type,
                   "\" is not BART; this model implements model_type \"bart\" only",
                   c.model_type == "mbart" || c.model_type == "pegasus" || c.model_type == "marian"
                       ? " (" + c.model_type + " puts its LayerNorms elsewhere or embeds positions otherwise)"
                       : std::string(),
                   ".");
-  get("vocab_size", c.vocab_size);
-  get("d_model", c.d_model);
-  get("encoder_layers", c.encoder_layers);
-  get("decoder_layers", c.decoder_layers);
-  get("encoder_attention_heads", c.encoder_attention_heads);
-  get("decoder_attention_heads", c.decoder_attention_heads);
-  get("encoder_ffn_dim", c.encoder_ffn_dim);
-  get("decoder_ffn_dim", c.decoder_ffn_dim);
-  get("activation_function", c.activation_function);
-  get("dropout", c.dropout);
-  get("attention_dropout", c.attention_dropout);
-  get("activation_dropout", c.activation_dropout);
-  get("encoder_layerdrop", c.encoder_layerdrop);
-  get("decoder_layerdrop", c.decoder_layerdrop);
-  get("max_position_embeddings", c.max_position_embeddings);
-  get("init_std", c.init_std);
-  get("scale_embedding", c.scale_embedding);
+  j.get("vocab_size", c.vocab_size);
+  j.get("d_model", c.d_model);
+  j.get("encoder_layers", c.encoder_layers);
+  j.get("decoder_layers", c.decoder_layers);
+  j.get("encoder_attention_heads", c.encoder_attention_heads);
+  j.get("decoder_attention_heads", c.decoder_attention_heads);
+  j.get("encoder_ffn_dim", c.encoder_ffn_dim);
+  j.get("decoder_ffn_dim", c.decoder_ffn_dim);
+  j.get("activation_function", c.activation_function);
+  j.get("dropout", c.dropout);
+  j.get("attention_dropout", c.attention_dropout);
+  j.get("activation_dropout", c.activation_dropout);
+  j.get("encoder_layerdrop", c.encoder_layerdrop);
+  j.get("decoder_layerdrop", c.decoder_layerdrop);
+  j.get("max_position_embeddings", c.max_position_embeddings);
+  j.get("init_std", c.init_std);
+  j.get("scale_embedding", c.scale_embedding);
   get_token("pad_token_id", c.pad_token_id);
   get_token("bos_token_id", c.bos_token_id);
   get_token("eos_token_id", c.eos_token_id);
@@ -189,13 +186,13 @@ BartConfig BartConfig::from_json_string(const std::string& text, const std::stri
   if (j.contains("forced_eos_token_id")) {
     c.forced_eos_token_id = get_token("forced_eos_token_id", token) ? std::optional<int64_t>(token) : std::nullopt;
   }
-  get("tie_word_embeddings", c.tie_word_embeddings);
+  j.get("tie_word_embeddings", c.tie_word_embeddings);
 
   // Settings of fairseq-era configs and of BART's relatives that this model does not implement (transformers'
   // BartModel ignores them and would compute something the checkpoint was not trained for).
   auto refuse_true = [&](const char* key, const char* why) {
     bool value = false;
-    get(key, value);
+    j.get(key, value);
     INCRELORA_CHECK(!value, origin, ": ", key, " is true; ", why,
                     " is not implemented (BART is post-LayerNorm with learned positions). Use a BART checkpoint, or "
                     "set ",
@@ -205,12 +202,12 @@ BartConfig BartConfig::from_json_string(const std::string& text, const std::stri
   refuse_true("add_final_layer_norm", "a LayerNorm after the last layer (mBART's layout)");
   refuse_true("static_position_embeddings", "sinusoidal position embeddings");
   bool normalize_embedding = true;
-  get("normalize_embedding", normalize_embedding);
+  j.get("normalize_embedding", normalize_embedding);
   INCRELORA_CHECK(normalize_embedding, origin,
                   ": normalize_embedding is false; embeddings without layernorm_embedding are not implemented (BART "
                   "normalizes them). Use a BART checkpoint.");
   int64_t extra_pos_embeddings = 2;
-  get("extra_pos_embeddings", extra_pos_embeddings);
+  j.get("extra_pos_embeddings", extra_pos_embeddings);
   INCRELORA_CHECK(extra_pos_embeddings == 2, origin, ": extra_pos_embeddings is ", extra_pos_embeddings,
                   "; BART's learned positions are offset by 2 and other offsets are not implemented.");
 

@@ -55,31 +55,30 @@ torch::Tensor key_mask(const torch::Tensor& attention_mask) {
 
 BertConfig BertConfig::from_json_string(const std::string& text, const std::string& origin) {
   const models::detail::ConfigJson j(text, origin);
-  const auto get = [&j](const char* key, auto& into) { j.get(key, into); };
   BertConfig c;
-  get("model_type", c.model_type);
-  get("vocab_size", c.vocab_size);
-  get("hidden_size", c.hidden_size);
-  get("num_hidden_layers", c.num_hidden_layers);
-  get("num_attention_heads", c.num_attention_heads);
-  get("intermediate_size", c.intermediate_size);
-  get("hidden_act", c.hidden_act);
-  get("hidden_dropout_prob", c.hidden_dropout_prob);
-  get("attention_probs_dropout_prob", c.attention_probs_dropout_prob);
-  get("max_position_embeddings", c.max_position_embeddings);
-  get("type_vocab_size", c.type_vocab_size);
-  get("layer_norm_eps", c.layer_norm_eps);
-  get("initializer_range", c.initializer_range);
-  get("pad_token_id", c.pad_token_id);
+  j.get("model_type", c.model_type);
+  j.get("vocab_size", c.vocab_size);
+  j.get("hidden_size", c.hidden_size);
+  j.get("num_hidden_layers", c.num_hidden_layers);
+  j.get("num_attention_heads", c.num_attention_heads);
+  j.get("intermediate_size", c.intermediate_size);
+  j.get("hidden_act", c.hidden_act);
+  j.get("hidden_dropout_prob", c.hidden_dropout_prob);
+  j.get("attention_probs_dropout_prob", c.attention_probs_dropout_prob);
+  j.get("max_position_embeddings", c.max_position_embeddings);
+  j.get("type_vocab_size", c.type_vocab_size);
+  j.get("layer_norm_eps", c.layer_norm_eps);
+  j.get("initializer_range", c.initializer_range);
+  j.get("pad_token_id", c.pad_token_id);
   if (j.present("classifier_dropout") && j.at("classifier_dropout").is_number()) {
     c.classifier_dropout = j.at("classifier_dropout").get<double>();
   }
   std::string position = "absolute";
-  get("position_embedding_type", position);
+  j.get("position_embedding_type", position);
   INCRELORA_CHECK(position == "absolute", origin, ": position_embedding_type \"", position,
                   "\" is not implemented; only \"absolute\" position embeddings are.");
   bool is_decoder = false;
-  get("is_decoder", is_decoder);
+  j.get("is_decoder", is_decoder);
   INCRELORA_CHECK(!is_decoder, origin, ": is_decoder is true; this encoder implements bidirectional attention only.");
   const std::vector<std::string> types = {"bert", "roberta", "xlm-roberta"};
   INCRELORA_CHECK(std::find(types.begin(), types.end(), c.model_type) != types.end(), origin, ": model_type \"",

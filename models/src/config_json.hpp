@@ -92,11 +92,7 @@ class ConfigJson {
 
 /// The model_type of the config file at `path` ("" when it has none); `caller` starts the messages.
 inline std::string config_model_type(const std::string& path, const char* caller) {
-  std::ifstream in(path, std::ios::binary);
-  INCRELORA_CHECK(in.good(), caller, ": cannot open '", path, "'.");
-  std::stringstream text;
-  text << in.rdbuf();
-  const ConfigJson config(text.str(), std::string(caller) + ": '" + path + "'");
+  const ConfigJson config(read_config_text(path), std::string(caller) + ": '" + path + "'");
   if (!config.present("model_type") || !config.at("model_type").is_string()) return "";
   return config.at("model_type").get<std::string>();
 }

@@ -116,49 +116,46 @@ bool DebertaConfig::normalizes_rel_embeddings() const { return contains(split_ba
 
 DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std::string& origin) {
   const models::detail::ConfigJson j(text, origin);
-  const auto get = [&j](const char* key, auto& into) { j.get(key, into); };
-  const auto present = [&j](const char* key) { return j.present(key); };
-  const auto wrong_type = [&j](const char* key, const char* expected) { j.wrong_type(key, expected); };
   DebertaConfig c;
-  get("model_type", c.model_type);
+  j.get("model_type", c.model_type);
   INCRELORA_CHECK(c.model_type == "deberta-v2", origin, ": model_type \"", c.model_type,
                   "\" is not DeBERTa-v2/v3; this encoder implements model_type \"deberta-v2\" only",
                   c.model_type == "deberta" ? " (DeBERTa v1 differs in its attention and embeddings)" : "", ".");
-  get("vocab_size", c.vocab_size);
-  get("hidden_size", c.hidden_size);
-  get("num_hidden_layers", c.num_hidden_layers);
-  get("num_attention_heads", c.num_attention_heads);
-  get("intermediate_size", c.intermediate_size);
-  get("hidden_act", c.hidden_act);
-  get("hidden_dropout_prob", c.hidden_dropout_prob);
-  get("attention_probs_dropout_prob", c.attention_probs_dropout_prob);
-  get("max_position_embeddings", c.max_position_embeddings);
-  get("type_vocab_size", c.type_vocab_size);
-  get("layer_norm_eps", c.layer_norm_eps);
-  get("initializer_range", c.initializer_range);
-  get("relative_attention", c.relative_attention);
-  get("max_relative_positions", c.max_relative_positions);
-  get("position_buckets", c.position_buckets);
-  get("norm_rel_ebd", c.norm_rel_ebd);
-  get("share_att_key", c.share_att_key);
-  get("position_biased_input", c.position_biased_input);
-  get("pad_token_id", c.pad_token_id);
-  get("embedding_size", c.embedding_size);
-  get("pooler_hidden_size", c.pooler_hidden_size);
-  get("pooler_dropout", c.pooler_dropout);
-  get("pooler_hidden_act", c.pooler_hidden_act);
-  get("cls_dropout", c.cls_dropout);
-  if (present("pos_att_type")) {
+  j.get("vocab_size", c.vocab_size);
+  j.get("hidden_size", c.hidden_size);
+  j.get("num_hidden_layers", c.num_hidden_layers);
+  j.get("num_attention_heads", c.num_attention_heads);
+  j.get("intermediate_size", c.intermediate_size);
+  j.get("hidden_act", c.hidden_act);
+  j.get("hidden_dropout_prob", c.hidden_dropout_prob);
+  j.get("attention_probs_dropout_prob", c.attention_probs_dropout_prob);
+  j.get("max_position_embeddings", c.max_position_embeddings);
+  j.get("type_vocab_size", c.type_vocab_size);
+  j.get("layer_norm_eps", c.layer_norm_eps);
+  j.get("initializer_range", c.initializer_range);
+  j.get("relative_attention", c.relative_attention);
+  j.get("max_relative_positions", c.max_relative_positions);
+  j.get("position_buckets", c.position_buckets);
+  j.get("norm_rel_ebd", c.norm_rel_ebd);
+  j.get("share_att_key", c.share_att_key);
+  j.get("position_biased_input", c.position_biased_input);
+  j.get("pad_token_id", c.pad_token_id);
+  j.get("embedding_size", c.embedding_size);
+  j.get("pooler_hidden_size", c.pooler_hidden_size);
+  j.get("pooler_dropout", c.pooler_dropout);
+  j.get("pooler_hidden_act", c.pooler_hidden_act);
+  j.get("cls_dropout", c.cls_dropout);
+  if (j.present("pos_att_type")) {
     const auto& v = j.at("pos_att_type");
     if (v.is_string()) {
       c.pos_att_type = split_bar(v.get<std::string>());
     } else if (v.is_array()) {
       for (const auto& e : v) {
-        if (!e.is_string()) wrong_type("pos_att_type", "a list of strings or a string such as \"p2c|c2p\"");
+        if (!e.is_string()) j.wrong_type("pos_att_type", "a list of strings or a string such as \"p2c|c2p\"");
         c.pos_att_type.push_back(e.get<std::string>());
       }
     } else {
-      wrong_type("pos_att_type", "a list of strings or a string such as \"p2c|c2p\"");
+      j.wrong_type("pos_att_type", "a list of strings or a string such as \"p2c|c2p\"");
     }
     for (const auto& t : c.pos_att_type) {
       INCRELORA_CHECK(t == "c2p" || t == "p2c", origin, ": pos_att_type has the entry \"", t,
@@ -166,7 +163,7 @@ DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std
     }
   }
   int64_t conv_kernel_size = 0;
-  get("conv_kernel_size", conv_kernel_size);
+  j.get("conv_kernel_size", conv_kernel_size);
   INCRELORA_CHECK(conv_kernel_size <= 0, origin, ": conv_kernel_size is ", conv_kernel_size,
                   "; the convolution layer of DeBERTa-v2 xlarge/xxlarge is not implemented (DeBERTa-v3 does not use "
                   "it). Use a checkpoint without conv_kernel_size.");
@@ -186,9 +183,9 @@ DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std
                   "num_hidden_layers, type_vocab_size >= 0.");
   INCRELORA_CHECK(c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0, origin, ": hidden_size (",
                   c.hidden_size, ") must be a multiple of num_attention_heads (", c.num_attention_heads, ").");
-  if (present("attention_head_size")) {
+  if (j.present("attention_head_size")) {
     int64_t head_size = 0;
-    get("attention_head_size", head_size);
+    j.get("attention_head_size", head_size);
     INCRELORA_CHECK(head_size == c.head_dim(), origin, ": attention_head_size ", head_size,
                     " differs from hidden_size / num_attention_heads (", c.head_dim(), "); not implemented.");
   }

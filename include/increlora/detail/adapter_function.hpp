@@ -37,9 +37,6 @@ torch::Tensor adapted_linear(const torch::Tensor& x, const torch::Tensor& weight
                              const torch::Tensor& gate, const torch::Tensor& held, const AdapterCall& call,
                              const torch::Tensor& score_sink);
 
-/// λ over `in_use` slots: `lambda_active` followed by the held `reserve_lambda` for the reserve slots.
-torch::Tensor effective_lambda(const torch::Tensor& lambda_active, int64_t in_use, double reserve_lambda);
-
 /// Σ|ΔW ⊙ (dyᵀ x)| / sqrt(numel ΔW) for 2-D dy [tokens × out], x [tokens × in] and a dense ΔW [out × in]
 /// given in factors (P [out × n], coeff [n] = λ s, Q [n × in]); blocked over output rows, so that the transient
 /// never exceeds ~16M elements. The sum accumulates in float32 (float64 for double inputs); the products run in
