@@ -28,9 +28,19 @@ if [ ! -d $G/resume ]; then
   cat .device/gq-resume/gq-resume.tar.part-* 2>/dev/null | tar xf - -C $G/in 2>/dev/null && mv $G/in/resume $G/
   rm -rf $G/in && mkdir -p $G/resume
 fi
+# GPU utilisation and the load average every 10 s while the jobs run, summarised at the end of run.log: whether
+# more concurrent jobs would help (GPU below 100 %) or the 16 cores are the limit (load above 16).
+rm -f $G/util.csv
+( while sleep 10; do
+    echo "$(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null | head -1),$(cut -d' ' -f1 /proc/loadavg)"
+  done > $G/util.csv ) &
+sampler=$!
 python3 benchmarks/glue_quality/run.py --device cuda --glue-bin $B --model-dir .device/minilm-fp16 \
   --data-dir .device/glue --out $G/gq-paper --resume-dir $G/resume --clock-start "$t0" \
   --time-limit "${LIMIT:-500}" --kill-after "${KILL:-540}" "$@" 2>&1 | tee "$OUT/run.log"
+kill $sampler 2>/dev/null
+awk -F, '$1 != "" { g += $1; l += $2; n++ } END { if (n) printf "utilisation: GPU %.0f %% on average, load average %.1f (%d samples of 10 s)\n", g / n, l / n, n }' \
+  $G/util.csv | tee -a "$OUT/run.log"
 python3 benchmarks/glue_quality/report.py $G/gq-paper --data-dir .device/glue > "$OUT/report.md"
 tar czf "$OUT/gq-paper.tgz" --exclude='checkpoint*' -C $G gq-paper
 tar cf $G/r.tar -C $G resume

@@ -34,6 +34,9 @@ What differs, by necessity:
 Writes under --root_output_dir: args.json, log.jsonl, metrics.json and rank_pattern.json (module -> rank).
 
 --cls_dropout sets the dropout before the classifier (BERT's classifier_dropout), as glue.cpp's flag does.
+For speed only (the quality grid uses none of them): --pad_to_max_length pads every training batch to
+--max_seq_length (glue --cuda_graphs does the same), --torch_compile MODE compiles the training forward + loss
+(reduce-overhead: CUDA graphs), --bf16 trains and evaluates under bfloat16 autocast (glue --bf16).
 --resume_file makes a run resumable across processes without changing its result: on SIGTERM it finishes the
 step, writes a checkpoint there (trainable tensors, AdamW state, AdaLoRA's importance EMAs and rank pattern, every
 random stream, the data order, the evaluations so far) and exits with status 75; started again with the same
@@ -82,9 +85,10 @@ def encode(rows, tok, max_len):
     return [(ids, types, r[2]) for ids, types, r in zip(enc["input_ids"], enc["token_type_ids"], rows)]
 
 
-def collate(data, idx, pad_id, device):
-    """Pads to the longest input of the batch, as glue.cpp's collate."""
-    n, length = len(idx), max(len(data[i][0]) for i in idx)
+def collate(data, idx, pad_id, device, pad_to=0):
+    """Pads to the longest input of the batch, as glue.cpp's collate, or to pad_to (> 0: one shape for every batch,
+    as glue.cpp pads under --cuda_graphs)."""
+    n, length = len(idx), pad_to or max(len(data[i][0]) for i in idx)
     ids = torch.full((n, length), pad_id, dtype=torch.long)
     mask = torch.zeros((n, length), dtype=torch.long)
     types = torch.zeros((n, length), dtype=torch.long)
@@ -230,6 +234,13 @@ def parse_args(argv=None):
                          "written on SIGTERM (then exit 75) and every --checkpoint_seconds; deleted at the end")
     ap.add_argument("--checkpoint_seconds", type=float, default=0, help="also checkpoint this often (0: only on SIGTERM)")
     ap.add_argument("--stop_after_step", type=int, default=0, help=argparse.SUPPRESS)  # tests: suspend there
+    ap.add_argument("--pad_to_max_length", action="store_true",
+                    help="pad every training batch to --max_seq_length (one shape, as glue --cuda_graphs does)")
+    ap.add_argument("--torch_compile", choices=["none", "default", "reduce-overhead"], default="none",
+                    help="train forward + loss under torch.compile with this mode (reduce-overhead: CUDA graphs; "
+                         "pair it with --pad_to_max_length so that one graph is captured); evaluation stays eager")
+    ap.add_argument("--bf16", action="store_true",
+                    help="train and evaluate under bfloat16 autocast (weights and AdamW state stay fp32), as glue --bf16")
     # AdaLoRA
     ap.add_argument("--init_r", type=int, default=0, help="AdaLoRA initial rank; 0: round(1.5 x target_rank)")
     ap.add_argument("--tinit", type=int, default=-1, help="AdaLoRA warmup steps; -1: 10%% of max_steps")
@@ -250,6 +261,8 @@ def parse_args(argv=None):
         args.tfinal = round(0.4 * args.max_steps)
     if args.eval_steps <= 0:
         args.eval_steps = args.max_steps
+    if args.torch_compile == "reduce-overhead" and not args.pad_to_max_length:
+        ap.error("--torch_compile reduce-overhead captures one CUDA graph per batch shape: add --pad_to_max_length")
     return args
 
 
@@ -319,6 +332,17 @@ def main(argv=None):
         log.flush()
 
     pad_id = tok.pad_token_id
+    pad_to = args.max_seq_length if args.pad_to_max_length else 0
+
+    def autocast():
+        # bf16 autocast on the device's type; a no-op context without --bf16.
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    # The training forward (+ loss: PEFT's and the model's, computed inside): compiled on request, eager otherwise.
+    # The compiled module shares the parameters; evaluation calls the eager one (no_grad would recompile).
+    train_forward = model if args.torch_compile == "none" else torch.compile(model, mode=args.torch_compile)
+    mark_step = (torch.compiler.cudagraph_mark_step_begin if args.torch_compile == "reduce-overhead"
+                 else (lambda: None))
     print(f"peft_glue: {args.method} task {args.task_name} | {len(train)} train / {len(dev)} eval examples | "
           f"{total_steps} steps ({steps_per_epoch} per epoch) on {device}; {trainable} trainable parameters",
           flush=True)
@@ -335,7 +359,8 @@ def main(argv=None):
             for s in range(0, len(dev), args.per_device_eval_batch_size):
                 idx = list(range(s, min(len(dev), s + args.per_device_eval_batch_size)))
                 ids, mask, types, _ = collate(dev, idx, pad_id, device)
-                logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+                with autocast():
+                    logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
                 preds += logits.float().argmax(1).tolist()
         model.train()
         m = task_metrics(args.task_name, preds, [d[2] for d in dev])
@@ -375,14 +400,16 @@ def main(argv=None):
             cursor = 0
         idx = order[cursor:cursor + args.per_device_train_batch_size]
         cursor += len(idx)
-        ids, mask, types, labels = collate(train, idx, pad_id, device)
+        ids, mask, types, labels = collate(train, idx, pad_id, device, pad_to)
         lr = lr_at(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
 
         # Passing labels lets PEFT's AdaLoraModel.forward add its orthogonality regularizer to outputs.loss.
-        out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
-        total = out.loss
+        mark_step()
+        with autocast():
+            out = train_forward(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+        total = out.loss.float()
         # LoRA's loss is the cross-entropy itself; AdaLoRA's holds the regularizer too, logged apart.
         ce = F.cross_entropy(out.logits.float(), labels) if args.method == "adalora" else total
         optimizer.zero_grad(set_to_none=True)
