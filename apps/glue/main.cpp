@@ -108,19 +108,8 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.add("export_merged", &a.export_merged, "after training, write a plain Hugging Face checkpoint (adapter merged) "
         "that transformers' AutoModelForSequenceClassification loads");
   a.t.add_to(f, "the pooler and classifier alone", "query,key,value,intermediate,layer.output,attention.output");
-  f.ignore("lora_type", true, "always svd");
-  f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
-  f.ignore("save_strategy", true, "checkpoints follow --save_steps");
-  f.ignore("tb_writter_loginterval", true, "see log.jsonl");
-  f.ignore("report_to", true, "see log.jsonl");
-  f.ignore("experiment_name", true, "outputs go to --root_output_dir");
-  for (const char* b : {"apply_increlora", "overwrite_output_dir"}) f.ignore(b, false, "always on");
-  f.parse(argc, argv);
-  if (f.help()) {
-    std::fputs(f.usage().c_str(), stdout);
-    std::exit(0);
-  }
-  for (const auto& [name, why] : f.ignored_seen()) fmt::print("glue: --{} has no effect here ({})\n", name, why);
+  apps::ignore_seed_trainer_flags(f);
+  apps::parse_command_line(f, argc, argv);
   a.model_dir = apps::resolve_model_dir(a.model_name_or_path, a.model_dir, f.given("model_dir"));
   const auto need = [](bool ok, const std::string& msg) {
     if (!ok) throw std::invalid_argument(msg);

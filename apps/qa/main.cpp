@@ -115,21 +115,10 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.add("root_output_dir", &a.root_output_dir, "folder for every output");
   f.add("output_dir", &a.output_dir, "the same as --root_output_dir (run_qa's name)");
   t.add_to(f, "qa_outputs alone", "query,key,value,intermediate,layer.output,attention.output");
-  f.ignore("lora_type", true, "always svd");
-  f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
-  f.ignore("save_strategy", true, "checkpoints follow --save_steps");
-  f.ignore("tb_writter_loginterval", true, "see log.jsonl");
-  f.ignore("report_to", true, "see log.jsonl");
-  f.ignore("experiment_name", true, "outputs go to --root_output_dir");
+  apps::ignore_seed_trainer_flags(f);
   f.ignore("dataset_config_name", true, "--dataset_name is a local file or folder");
   f.ignore("preprocessing_num_workers", true, "windows are built once, in one thread");
-  for (const char* b : {"apply_increlora", "overwrite_output_dir"}) f.ignore(b, false, "always on");
-  f.parse(argc, argv);
-  if (f.help()) {
-    std::fputs(f.usage().c_str(), stdout);
-    std::exit(0);
-  }
-  for (const auto& [name, why] : f.ignored_seen()) fmt::print("qa: --{} has no effect here ({})\n", name, why);
+  apps::parse_command_line(f, argc, argv);
   a.model_dir = apps::resolve_model_dir(a.model_name_or_path, a.model_dir, f.given("model_dir"));
   if (f.given("output_dir")) {
     if (f.given("root_output_dir") && fs::absolute(a.output_dir) != fs::absolute(a.root_output_dir)) {

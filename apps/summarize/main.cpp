@@ -179,12 +179,7 @@ Args parse_args(int argc, char** argv, json& args_json) {
   f.ignore("cls_dropout", true, "BART has no classifier here");
   f.ignore("reg_loss_wgt", true, "the seed's script never reads it");
   f.ignore("use_slow_tokenizer", false, "there is one BPE tokenizer");
-  f.parse(argc, argv);
-  if (f.help()) {
-    std::fputs(f.usage().c_str(), stdout);
-    std::exit(0);
-  }
-  for (const auto& [name, why] : f.ignored_seen()) fmt::print("summarize: --{} has no effect here ({})\n", name, why);
+  apps::parse_command_line(f, argc, argv);
   a.model_dir = apps::resolve_model_dir(a.model_name_or_path, a.model_dir, f.given("model_dir"));
   if (!a.experiment_name.empty()) a.output_dir = (fs::path(a.output_dir) / a.experiment_name).string();
   const auto need = [](bool ok, const std::string& msg) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <stdexcept>
@@ -190,6 +191,17 @@ void Flags::set(const Flag& f, const std::string& text) {
       if (!is_bool_text(text)) bad("True or False");
       *static_cast<bool*>(f.target) = text == "true" || text == "True" || text == "1";
       break;
+  }
+}
+
+void parse_command_line(Flags& flags, int argc, const char* const* argv) {
+  flags.parse(argc, argv);
+  if (flags.help()) {
+    std::fputs(flags.usage().c_str(), stdout);
+    std::exit(0);
+  }
+  for (const auto& [name, why] : flags.ignored_seen()) {
+    fmt::print("{}: --{} has no effect here ({})\n", flags.program(), name, why);
   }
 }
 

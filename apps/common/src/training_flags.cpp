@@ -70,6 +70,16 @@ void TrainingFlags::add_to(Flags& f, const std::string& adapted, const std::stri
         "head) to evaluate");
 }
 
+void ignore_seed_trainer_flags(Flags& f) {
+  f.ignore("lora_type", true, "always svd");
+  f.ignore("evaluation_strategy", true, "always steps (--eval_steps)");
+  f.ignore("save_strategy", true, "checkpoints follow --save_steps");
+  f.ignore("tb_writter_loginterval", true, "see log.jsonl");
+  f.ignore("report_to", true, "see log.jsonl");
+  f.ignore("experiment_name", true, "outputs go to --root_output_dir");
+  for (const char* b : {"apply_increlora", "overwrite_output_dir"}) f.ignore(b, false, "always on");
+}
+
 void TrainingFlags::validate() const {
   need(per_device_train_batch_size >= 1, "--per_device_train_batch_size must be >= 1");
   need(per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be >= 1");

@@ -42,6 +42,7 @@ class Flags {
   /// Every flag with a default or given value, by name (positionals included), as JSON.
   nlohmann::json to_json() const;
   std::string usage() const;
+  const std::string& program() const { return program_; }
 
  private:
   enum class Kind { kInt, kDouble, kString, kBool };
@@ -68,6 +69,11 @@ class Flags {
 bool is_bool_text(const std::string& text);
 /// "a, b ,c" → {"a", "b", "c"} (blanks trimmed, empty items dropped).
 std::vector<std::string> split_commas(const std::string& text);
+
+/// A program's parse: `flags.parse(argc, argv)`; with --help, prints the usage on stdout and exits with status 0;
+/// then one line on stdout per seed flag given that has no effect here ("glue: --report_to has no effect here
+/// (see log.jsonl)"). Throws what `parse` throws.
+void parse_command_line(Flags& flags, int argc, const char* const* argv);
 
 /// A program's main(): runs `run` and turns what it throws into a message on stderr and an exit status — 2 for a
 /// bad flag (std::invalid_argument, with a pointer to --help), 1 for any other error (c10::Error without its

@@ -82,6 +82,12 @@ struct TrainingFlags {
                                  const torch::Device& device, int64_t total_steps, int64_t steps_per_epoch) const;
 };
 
+/// Registers as ignored (accepted, noted, no effect) the Hugging Face Trainer flags of the seed's run_glue.py and
+/// run_qa.py command lines that this toolkit has no counterpart for: --lora_type (always svd), the evaluation and
+/// save strategies (always by steps), the logging and tracking flags (log.jsonl is the log), --experiment_name
+/// (outputs go to --root_output_dir), and the always-on switches --apply_increlora and --overwrite_output_dir.
+void ignore_seed_trainer_flags(Flags& flags);
+
 /// The seed's `--schedule_strategy epoch --incre_epoch N` (its XSum script): an allocation interval that puts
 /// the last of `rounds` allocation rounds at the end of epoch N or before, the first still after init_warmup
 /// (rounds fall at steps t > init_warmup with t % interval == 0). Throws std::invalid_argument when no interval
