@@ -4,6 +4,7 @@
 #include <increlora/modules.hpp>
 #include <increlora/safetensors.hpp>
 
+#include "activations.hpp"
 #include "config_json.hpp"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
@@ -63,35 +64,10 @@ bool ends_with(const std::string& s, const std::string& p) {
   return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
 }
 
-const std::vector<std::string> kActivations = {"gelu",  "gelu_new", "gelu_pytorch_tanh", "relu", "silu",
-                                               "swish", "tanh"};
-
-torch::Tensor activate(const std::string& name, const torch::Tensor& x) {
-  namespace F = torch::nn::functional;
-  if (name == "gelu") return F::gelu(x);
-  if (name == "relu") return torch::relu(x);
-  if (name == "tanh") return torch::tanh(x);
-  if (name == "silu" || name == "swish") return torch::silu(x);
-  return F::gelu(x, F::GELUFuncOptions().approximate("tanh"));  // gelu_new, gelu_pytorch_tanh
-}
-
-// The most negative finite value of `type`: what transformers fills masked scores with (finfo(dtype).min).
-double lowest(torch::ScalarType type) {
-  switch (type) {
-    case torch::kDouble:
-      return std::numeric_limits<double>::lowest();
-    case torch::kHalf:
-      return -65504.0;
-    case torch::kBFloat16:
-      return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
-    default:
-      return static_cast<double>(std::numeric_limits<float>::lowest());
-  }
-}
 
 // Bool `allowed` → additive mask of `type`: 0 where allowed, the lowest value where not.
 torch::Tensor additive(const torch::Tensor& allowed, torch::ScalarType type) {
-  return torch::zeros(allowed.sizes(), allowed.options().dtype(type)).masked_fill(allowed.logical_not(), lowest(type));
+  return torch::zeros(allowed.sizes(), allowed.options().dtype(type)).masked_fill(allowed.logical_not(), models::detail::lowest_finite(type));
 }
 
 // [batch, src] 1/0 → additive [batch, 1, 1, src]: padding keys masked for every head and query.
@@ -211,9 +187,8 @@ BartConfig BartConfig::from_json_string(const std::string& text, const std::stri
   INCRELORA_CHECK(extra_pos_embeddings == 2, origin, ": extra_pos_embeddings is ", extra_pos_embeddings,
                   "; BART's learned positions are offset by 2 and other offsets are not implemented.");
 
-  INCRELORA_CHECK(std::find(kActivations.begin(), kActivations.end(), c.activation_function) != kActivations.end(),
-                  origin, ": activation_function \"", c.activation_function,
-                  "\" is not implemented; use gelu, gelu_new, gelu_pytorch_tanh, relu, silu, swish or tanh.");
+  INCRELORA_CHECK(models::detail::is_activation(c.activation_function), origin, ": activation_function \"",
+                  c.activation_function, "\" is not implemented; use ", models::detail::activation_choices(), ".");
   INCRELORA_CHECK(c.vocab_size > 0 && c.d_model > 0 && c.encoder_ffn_dim > 0 && c.decoder_ffn_dim > 0 &&
                       c.max_position_embeddings > 0 && c.encoder_layers >= 0 && c.decoder_layers >= 0,
                   origin,
@@ -333,7 +308,7 @@ torch::Tensor BartEncoderLayerImpl::forward(const torch::Tensor& hidden, const t
   const bool training = is_training();
   auto h =
       self_attn_layer_norm(hidden + torch::dropout(self_attn(hidden, torch::Tensor(), mask), config.dropout, training));
-  auto f = torch::dropout(activate(config.activation_function, fc1(h)), config.activation_dropout, training);
+  auto f = torch::dropout(models::detail::activate(config.activation_function, fc1(h)), config.activation_dropout, training);
   f = torch::dropout(fc2(f), config.dropout, training);
   return clamp_half(final_layer_norm(h + f));
 }
@@ -353,7 +328,7 @@ BartDecoderLayerImpl::BartDecoderLayerImpl(const BartConfig& c, const LoraSettin
 
 torch::Tensor BartDecoderLayerImpl::feed_forward(torch::Tensor h) {
   const bool training = is_training();
-  auto f = torch::dropout(activate(config.activation_function, fc1(h)), config.activation_dropout, training);
+  auto f = torch::dropout(models::detail::activate(config.activation_function, fc1(h)), config.activation_dropout, training);
   f = torch::dropout(fc2(f), config.dropout, training);
   return final_layer_norm(h + f);
 }

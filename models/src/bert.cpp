@@ -4,6 +4,7 @@
 #include <increlora/modules.hpp>
 #include <increlora/serialize.hpp>
 
+#include "activations.hpp"
 #include "config_json.hpp"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
@@ -83,9 +84,8 @@ BertConfig BertConfig::from_json_string(const std::string& text, const std::stri
   const std::vector<std::string> types = {"bert", "roberta", "xlm-roberta"};
   INCRELORA_CHECK(std::find(types.begin(), types.end(), c.model_type) != types.end(), origin, ": model_type \"",
                   c.model_type, "\" is not a BERT-family encoder this code implements (bert, roberta, xlm-roberta).");
-  const std::vector<std::string> acts = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"};
-  INCRELORA_CHECK(std::find(acts.begin(), acts.end(), c.hidden_act) != acts.end(), origin, ": hidden_act \"",
-                  c.hidden_act, "\" is not implemented; use gelu, gelu_new, gelu_pytorch_tanh or relu.");
+  INCRELORA_CHECK(models::detail::is_activation(c.hidden_act), origin, ": hidden_act \"", c.hidden_act,
+                  "\" is not implemented; use ", models::detail::activation_choices(), ".");
   INCRELORA_CHECK(c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0, origin,
                   ": hidden_size (", c.hidden_size, ") must be a multiple of num_attention_heads (",
                   c.num_attention_heads, ").");
@@ -195,11 +195,7 @@ BertIntermediateImpl::BertIntermediateImpl(const BertConfig& c, const LoraSettin
 }
 
 torch::Tensor BertIntermediateImpl::forward(const torch::Tensor& hidden) {
-  namespace F = torch::nn::functional;
-  auto h = dense(hidden);
-  if (activation == "gelu") return F::gelu(h);
-  if (activation == "relu") return torch::relu(h);
-  return F::gelu(h, F::GELUFuncOptions().approximate("tanh"));
+  return models::detail::activate(activation, dense(hidden));
 }
 
 BertLayerImpl::BertLayerImpl(const BertConfig& c, const LoraSettings& lora, const std::string& prefix) {

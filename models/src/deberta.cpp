@@ -4,6 +4,7 @@
 #include <increlora/modules.hpp>
 #include <increlora/safetensors.hpp>
 
+#include "activations.hpp"
 #include "config_json.hpp"
 
 #include <c10/util/BFloat16.h>
@@ -74,30 +75,6 @@ bool contains(const std::vector<std::string>& v, const std::string& x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
 
-const std::vector<std::string> kActivations = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"};
-
-torch::Tensor activate(const std::string& name, const torch::Tensor& x) {
-  namespace F = torch::nn::functional;
-  if (name == "gelu") return F::gelu(x);
-  if (name == "relu") return torch::relu(x);
-  if (name == "tanh") return torch::tanh(x);
-  return F::gelu(x, F::GELUFuncOptions().approximate("tanh"));  // gelu_new, gelu_pytorch_tanh
-}
-
-// The most negative finite value of `type`: what transformers fills masked scores with (finfo(dtype).min), so a
-// row with every key masked stays finite (uniform) instead of NaN.
-double lowest(torch::ScalarType type) {
-  switch (type) {
-    case torch::kDouble:
-      return std::numeric_limits<double>::lowest();
-    case torch::kHalf:
-      return -65504.0;
-    case torch::kBFloat16:
-      return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
-    default:
-      return static_cast<double>(std::numeric_limits<float>::lowest());
-  }
-}
 
 void init_head(torch::Tensor& weight, torch::Tensor& bias, double std) {
   // As transformers' _init_weights for a Linear: N(0, initializer_range²) weights, zero bias.
@@ -171,11 +148,10 @@ DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std
     INCRELORA_CHECK(n == "none" || n == "layer_norm", origin, ": norm_rel_ebd has the entry \"", n,
                     "\"; the choices are \"none\" and \"layer_norm\".");
   }
-  INCRELORA_CHECK(contains(kActivations, c.hidden_act), origin, ": hidden_act \"", c.hidden_act,
-                  "\" is not implemented; use gelu, gelu_new, gelu_pytorch_tanh or relu.");
-  INCRELORA_CHECK(contains(kActivations, c.pooler_hidden_act) || c.pooler_hidden_act == "tanh", origin,
-                  ": pooler_hidden_act \"", c.pooler_hidden_act,
-                  "\" is not implemented; use gelu, gelu_new, gelu_pytorch_tanh, relu or tanh.");
+  INCRELORA_CHECK(models::detail::is_activation(c.hidden_act), origin, ": hidden_act \"", c.hidden_act,
+                  "\" is not implemented; use ", models::detail::activation_choices(), ".");
+  INCRELORA_CHECK(models::detail::is_activation(c.pooler_hidden_act), origin, ": pooler_hidden_act \"", c.pooler_hidden_act,
+                  "\" is not implemented; use ", models::detail::activation_choices(), ".");
   INCRELORA_CHECK(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_hidden_layers >= 0 &&
                       c.max_position_embeddings > 0 && c.type_vocab_size >= 0,
                   origin,
@@ -358,7 +334,7 @@ torch::Tensor DisentangledSelfAttentionImpl::forward(const torch::Tensor& hidden
     const auto index = torch::clamp(-relative_pos + span, 0, 2 * span - 1).expand({batch, heads, seq, seq});
     scores = scores + torch::gather(att, -1, index).transpose(-1, -2) / scale;
   }
-  scores = scores.masked_fill(mask.logical_not(), lowest(scores.scalar_type()));
+  scores = scores.masked_fill(mask.logical_not(), models::detail::lowest_finite(scores.scalar_type()));
   const auto probs = dropout(torch::softmax(scores, -1));
   return torch::matmul(probs, v).transpose(1, 2).reshape({batch, seq, heads * head_dim});
 }
@@ -392,7 +368,7 @@ DebertaV2IntermediateImpl::DebertaV2IntermediateImpl(const DebertaConfig& c, con
 }
 
 torch::Tensor DebertaV2IntermediateImpl::forward(const torch::Tensor& hidden) {
-  return activate(activation, dense(hidden));
+  return models::detail::activate(activation, dense(hidden));
 }
 
 DebertaV2LayerImpl::DebertaV2LayerImpl(const DebertaConfig& c, const LoraSettings& lora, const std::string& prefix) {
@@ -469,7 +445,7 @@ DebertaContextPoolerImpl::DebertaContextPoolerImpl(const DebertaConfig& c, const
 }
 
 torch::Tensor DebertaContextPoolerImpl::forward(const torch::Tensor& hidden) {
-  return activate(activation, dense(dropout(hidden.select(1, 0))));
+  return models::detail::activate(activation, dense(dropout(hidden.select(1, 0))));
 }
 
 DebertaSequenceClassifierImpl::DebertaSequenceClassifierImpl(const DebertaConfig& c, int64_t labels,

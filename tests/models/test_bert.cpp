@@ -7,9 +7,11 @@
 
 #include <increlora/safetensors.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 
 #include <unistd.h>
@@ -143,6 +145,33 @@ TEST_CASE("The seed's short module names adapt the matching layers and nothing e
         std::vector<std::string>{"pooler.dense", "re:.*query"});
 }
 
+TEST_CASE("The intermediate activation is ACT2FN's for every name the config takes", "[bert][encoder]") {
+  torch::manual_seed(0);
+  bert::BertConfig c;
+  c.hidden_size = 8, c.intermediate_size = 16;
+  const auto x = torch::randn({3, 8});
+  const double s2 = std::sqrt(2.0), k = std::sqrt(2.0 / std::acos(-1.0));
+  // transformers' definitions, written out: GELUActivation (erf), NewGELUActivation (tanh), SiLU, ReLU, Tanh.
+  const std::vector<std::pair<std::string, std::function<torch::Tensor(const torch::Tensor&)>>> acts = {
+      {"gelu", [&](const torch::Tensor& h) { return 0.5 * h * (1 + torch::erf(h / s2)); }},
+      {"gelu_new", [&](const torch::Tensor& h) { return 0.5 * h * (1 + torch::tanh(k * (h + 0.044715 * h.pow(3)))); }},
+      {"gelu_pytorch_tanh",
+       [&](const torch::Tensor& h) { return 0.5 * h * (1 + torch::tanh(k * (h + 0.044715 * h.pow(3)))); }},
+      {"relu", [](const torch::Tensor& h) { return h.clamp_min(0); }},
+      {"silu", [](const torch::Tensor& h) { return h * torch::sigmoid(h); }},
+      {"swish", [](const torch::Tensor& h) { return h * torch::sigmoid(h); }},
+      {"tanh", [](const torch::Tensor& h) { return torch::tanh(h); }}};
+  for (const auto& [name, f] : acts) {
+    c.hidden_act = name;
+    bert::BertIntermediate layer(c, bert::LoraSettings{}, "");
+    torch::NoGradGuard no_grad;
+    const auto got = layer->forward(x);
+    const auto want = f(layer->dense(x));
+    INFO(name);
+    CHECK(torch::allclose(got, want, 1e-5, 1e-6));
+  }
+}
+
 TEST_CASE("Config and checkpoint errors say what to change", "[bert][encoder][errors]") {
   CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"model_type": "gpt2"})"),
                     HasSubstring("model_type \"gpt2\" is not a BERT-family encoder"));
@@ -161,6 +190,13 @@ TEST_CASE("Config and checkpoint errors say what to change", "[bert][encoder][er
                     HasSubstring("only \"absolute\" position embeddings"));
   CHECK_THROWS_WITH(bert::BertConfig::from_json_file("/nonexistent/config.json"),
                     HasSubstring("pass a Hugging Face checkpoint directory"));
+  // hidden_act: transformers' ACT2FN names, the same set for every model family (models/src/activations.hpp).
+  for (const char* act : {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh"}) {
+    CHECK(bert::BertConfig::from_json_string(std::string(R"({"hidden_act": ")") + act + "\"}").hidden_act == act);
+  }
+  CHECK_THROWS_WITH(bert::BertConfig::from_json_string(R"({"hidden_act": "mish"})"),
+                    HasSubstring("hidden_act \"mish\" is not implemented; use gelu, gelu_new, gelu_pytorch_tanh, "
+                                 "relu, silu, swish or tanh."));
 
   const auto dir = std::filesystem::temp_directory_path() / "increlora_bert_pickle_only";
   std::filesystem::create_directories(dir);

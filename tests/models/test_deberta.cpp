@@ -368,7 +368,7 @@ TEST_CASE("DeBERTa config and checkpoint errors name the field and what to chang
   CHECK_THROWS_WITH(parse(R"(, "conv_kernel_size": 3)"), HasSubstring("conv_kernel_size is 3"));
   CHECK_THROWS_WITH(parse(R"(, "norm_rel_ebd": "batch_norm")"),
                     HasSubstring("norm_rel_ebd has the entry \"batch_norm\""));
-  CHECK_THROWS_WITH(parse(R"(, "hidden_act": "swish")"), HasSubstring("hidden_act \"swish\""));
+  CHECK_THROWS_WITH(parse(R"(, "hidden_act": "mish")"), HasSubstring("hidden_act \"mish\""));
   CHECK_THROWS_WITH(parse(R"(, "pooler_hidden_size": 7)"),
                     HasSubstring("pooler_hidden_size (7) must equal hidden_size"));
   CHECK_THROWS_WITH(parse(R"(, "hidden_size": 30, "num_attention_heads": 4)"),
