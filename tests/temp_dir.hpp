@@ -24,12 +24,14 @@ inline void remove_tree(const std::string& path) {
          FTW_DEPTH | FTW_PHYS);
 }
 
-/// A fresh, empty folder under $TMPDIR (or /tmp), removed with its content when the test ends.
+/// A fresh, empty folder `<prefix>-XXXXXX` under `base` (default: $TMPDIR, or /tmp), removed with its content when
+/// the test ends.
 class TempDir {
  public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string templ = std::string(base && *base ? base : "/tmp") + "/increlora-test-XXXXXX";
+  explicit TempDir(const std::string& base = "", const std::string& prefix = "increlora-test") {
+    const char* tmp = std::getenv("TMPDIR");
+    const std::string folder = !base.empty() ? base : tmp && *tmp ? tmp : "/tmp";
+    std::string templ = folder + "/" + prefix + "-XXXXXX";
     std::vector<char> buffer(templ.begin(), templ.end());
     buffer.push_back('\0');
     if (::mkdtemp(buffer.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);

@@ -42,47 +42,11 @@ bool has_room(const std::string& path, uint64_t bytes) {
          static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize >= bytes;
 }
 
-// A scratch folder for saves of a few hundred MB: on tmpfs (/dev/shm) where it has room (a container's is often
+// The folder for scratch saves of a few hundred MB: tmpfs (/dev/shm) where it has room (a container's is often
 // 64 MB), so that the kill test measures the saves' logic rather than the disk (a SIGKILL loses nothing already
-// written, flushed or not: the page cache outlives the process), else under $TMPDIR or /tmp as TempDir. (On this
+// written, flushed or not: the page cache outlives the process), else TempDir's default ($TMPDIR or /tmp). (On this
 // project's 2-core machine a 214 MB save takes about 0.1 s on tmpfs and 0.7 s on disk with its fsyncs.)
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string base;
-    if (has_room("/dev/shm", uint64_t{2} << 30)) {
-      base = "/dev/shm";
-    } else {
-      const char* tmp = std::getenv("TMPDIR");
-      base = tmp && *tmp ? tmp : "/tmp";
-    }
-    std::string templ = base + "/increlora-crash-XXXXXX";
-    std::vector<char> buffer(templ.begin(), templ.end());
-    buffer.push_back('\0');
-    if (::mkdtemp(buffer.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
-    path_ = buffer.data();
-  }
-  ~ScratchDir() { increlora::test::remove_tree(path_); }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  /// The names in the folder `sub` of it (sorted, without "." and "..").
-  std::vector<std::string> entries(const std::string& sub = "") const {
-    std::vector<std::string> names;
-    if (DIR* d = ::opendir(sub.empty() ? path_.c_str() : file(sub).c_str())) {
-      while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        if (name != "." && name != "..") names.push_back(name);
-      }
-      ::closedir(d);
-    }
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  std::string path_;
-};
+std::string scratch_base() { return has_room("/dev/shm", uint64_t{2} << 30) ? "/dev/shm" : ""; }
 
 // Adapted layers whose banks make a save of `layers` × (capacity × (in + out + 1)) floats, plus a small layer
 // "tag" whose rank changes with the version, so that a config and tensors of two saves cannot pass for one.
@@ -266,7 +230,7 @@ constexpr int kAdapterKills = 28, kCheckpointKills = 22;
 TEST_CASE("A writer killed at random moments of save_adapter leaves one complete version and at most one stray",
           "[crash_safety]") {
   const auto started = std::chrono::steady_clock::now();
-  ScratchDir scratch;
+  increlora::test::TempDir scratch(scratch_base(), "increlora-crash");
   const auto dir = scratch.file("adapter");
   torch::manual_seed(15);
   BigNet net(6, kIn, kOut, 2048, /*with_tag=*/true);
@@ -348,7 +312,7 @@ TEST_CASE("A writer killed at random moments of save_checkpoint leaves one compl
     return;
   }
   const auto started = std::chrono::steady_clock::now();
-  ScratchDir scratch;
+  increlora::test::TempDir scratch(scratch_base(), "increlora-crash");
   const auto dir = scratch.file("ckpt");
   torch::manual_seed(16);
   BigNet net(3, kIn, kOut, 1536, /*with_tag=*/false);
