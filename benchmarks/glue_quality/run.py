@@ -449,6 +449,10 @@ def parse_args(argv=None):
                     help="seconds after which running jobs are stopped (PEFT jobs checkpoint, glue jobs are killed "
                          "and resume from their last --save_steps checkpoint) and run.py ends; also keeps glue jobs "
                          "from starting that would not reach a checkpoint by then")
+    ap.add_argument("--finish-only", action="store_true",
+                    help="start only jobs expected to finish before --kill-after (by the speed of their kind seen "
+                         "before; a resumed job counted whole): for a session's last device command, whose jobs "
+                         "still running at its end are lost with the machine")
     ap.add_argument("--grace", type=float, default=25, help="seconds a stopped job gets to write its checkpoint")
     ap.add_argument("--clock-start", type=float, default=0,
                     help="Unix time the two limits count from (default: run.py's start); pass the device "
@@ -503,6 +507,8 @@ def parse_args(argv=None):
     a.budgets.sort()  # budget 2 before 8
     if a.glue_save_steps < 0:
         ap.error("--glue-save-steps must be >= 0")
+    if a.finish_only and not a.kill_after:
+        ap.error("--finish-only needs --kill-after (the time the jobs must finish by)")
     if a.threads <= 0:
         a.threads = 1 if a.device.startswith("cuda") else max(1, (os.cpu_count() or 1) // max(1, a.jobs))
     a.model_dir, a.data_dir, a.out = map(os.path.abspath, (a.model_dir, a.data_dir, a.out))
@@ -713,6 +719,9 @@ def main(argv=None):
         left = a.kill_after - elapsed()
         if left <= 60:
             return False
+        if a.finish_only:
+            est = estimate(job, n_running, steps_of(job))
+            return est is None or 1.1 * est < left
         if job.resumable:
             return True
         est = estimate(job, n_running, first_save(job))
