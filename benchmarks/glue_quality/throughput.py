@@ -37,11 +37,9 @@ import subprocess
 import sys
 import time
 
-import glue_data
 import protocol as P
 import run
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP = run.SKIP
 BUDGET = 2
 LR = 1e-3  # throughput does not depend on it; the grid's picks for MRPC lie at 5e-4 .. 4e-3
@@ -126,7 +124,8 @@ def table(results):
             if not r:
                 continue
             peer = rows.get(PEER.get(cfg, ""))
-            ratio = f"{r['samples_per_second_wall'] / peer['samples_per_second_wall']:.2f} × {PEER[cfg]}" if peer else ""
+            ratio = (f"{r['samples_per_second_wall'] / peer['samples_per_second_wall']:.2f} × {PEER[cfg]}"
+                     if peer else "")
             final = "" if r["final"] is None else f"{100 * r['final']:.2f}"
             lines.append(f"| {task} | {cfg} | {r['steps']} | {r['wall_seconds']:.1f} | "
                          f"{r['samples_per_second_wall']:.0f} | {r['train_seconds']:.1f} | "

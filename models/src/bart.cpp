@@ -8,15 +8,12 @@
 #include "config_json.hpp"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
-#include <c10/util/BFloat16.h>
-#include <torch/nn/functional/activation.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -67,7 +64,8 @@ bool ends_with(const std::string& s, const std::string& p) {
 
 // Bool `allowed` → additive mask of `type`: 0 where allowed, the lowest value where not.
 torch::Tensor additive(const torch::Tensor& allowed, torch::ScalarType type) {
-  return torch::zeros(allowed.sizes(), allowed.options().dtype(type)).masked_fill(allowed.logical_not(), models::detail::lowest_finite(type));
+  return torch::zeros(allowed.sizes(), allowed.options().dtype(type))
+      .masked_fill(allowed.logical_not(), models::detail::lowest_finite(type));
 }
 
 // [batch, src] 1/0 → additive [batch, 1, 1, src]: padding keys masked for every head and query.

@@ -8,7 +8,6 @@
 #include "config_json.hpp"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
-#include <torch/nn/functional/activation.h>
 #include <torch/nn/init.h>
 
 #include <nlohmann/json.hpp>

@@ -7,8 +7,6 @@
 #include "activations.hpp"
 #include "config_json.hpp"
 
-#include <c10/util/BFloat16.h>
-#include <torch/nn/functional/activation.h>
 
 #include <nlohmann/json.hpp>
 
@@ -16,7 +14,6 @@
 #include <cctype>
 #include <cmath>
 #include <fstream>
-#include <limits>
 #include <set>
 #include <sstream>
 #include <type_traits>
@@ -74,7 +71,6 @@ std::vector<std::string> split_bar(const std::string& text) {
 bool contains(const std::vector<std::string>& v, const std::string& x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
-
 
 void init_head(torch::Tensor& weight, torch::Tensor& bias, double std) {
   // As transformers' _init_weights for a Linear: N(0, initializer_range²) weights, zero bias.
@@ -150,8 +146,8 @@ DebertaConfig DebertaConfig::from_json_string(const std::string& text, const std
   }
   INCRELORA_CHECK(models::detail::is_activation(c.hidden_act), origin, ": hidden_act \"", c.hidden_act,
                   "\" is not implemented; use ", models::detail::activation_choices(), ".");
-  INCRELORA_CHECK(models::detail::is_activation(c.pooler_hidden_act), origin, ": pooler_hidden_act \"", c.pooler_hidden_act,
-                  "\" is not implemented; use ", models::detail::activation_choices(), ".");
+  INCRELORA_CHECK(models::detail::is_activation(c.pooler_hidden_act), origin, ": pooler_hidden_act \"",
+                  c.pooler_hidden_act, "\" is not implemented; use ", models::detail::activation_choices(), ".");
   INCRELORA_CHECK(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_hidden_layers >= 0 &&
                       c.max_position_embeddings > 0 && c.type_vocab_size >= 0,
                   origin,

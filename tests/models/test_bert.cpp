@@ -152,14 +152,15 @@ TEST_CASE("The intermediate activation is ACT2FN's for every name the config tak
   const auto x = torch::randn({3, 8});
   const double s2 = std::sqrt(2.0), k = std::sqrt(2.0 / std::acos(-1.0));
   // transformers' definitions, written out: GELUActivation (erf), NewGELUActivation (tanh), SiLU, ReLU, Tanh.
-  const std::vector<std::pair<std::string, std::function<torch::Tensor(const torch::Tensor&)>>> acts = {
-      {"gelu", [&](const torch::Tensor& h) { return 0.5 * h * (1 + torch::erf(h / s2)); }},
-      {"gelu_new", [&](const torch::Tensor& h) { return 0.5 * h * (1 + torch::tanh(k * (h + 0.044715 * h.pow(3)))); }},
-      {"gelu_pytorch_tanh",
-       [&](const torch::Tensor& h) { return 0.5 * h * (1 + torch::tanh(k * (h + 0.044715 * h.pow(3)))); }},
-      {"relu", [](const torch::Tensor& h) { return h.clamp_min(0); }},
-      {"silu", [](const torch::Tensor& h) { return h * torch::sigmoid(h); }},
-      {"swish", [](const torch::Tensor& h) { return h * torch::sigmoid(h); }},
+  using Act = std::function<torch::Tensor(const torch::Tensor&)>;
+  const Act gelu = [&](const torch::Tensor& h) { return 0.5 * h * (1 + torch::erf(h / s2)); };
+  const Act tanh_gelu = [&](const torch::Tensor& h) {
+    return 0.5 * h * (1 + torch::tanh(k * (h + 0.044715 * h.pow(3))));
+  };
+  const Act silu = [](const torch::Tensor& h) { return h * torch::sigmoid(h); };
+  const std::vector<std::pair<std::string, Act>> acts = {
+      {"gelu", gelu}, {"gelu_new", tanh_gelu}, {"gelu_pytorch_tanh", tanh_gelu},
+      {"relu", [](const torch::Tensor& h) { return h.clamp_min(0); }}, {"silu", silu}, {"swish", silu},
       {"tanh", [](const torch::Tensor& h) { return torch::tanh(h); }}};
   for (const auto& [name, f] : acts) {
     c.hidden_act = name;
