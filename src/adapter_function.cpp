@@ -87,10 +87,11 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
     torch::Tensor dx, dW, db, dP, dlambda, dQ;
     if (ctx->needs_input_grad(3) || ctx->needs_input_grad(4)) {
       // G = dyᵀ h [out × capacity], in the banks' dtype: ∂L/∂P = G diag(c), and ∂L/∂λ_j = gate_j Σ_o P_oj G_oj
-      // (= Σ_tokens (dy P) ⊙ h, without a reduction over the tokens).
+      // (= Σ_tokens (dy P) ⊙ h, without a reduction over the tokens), the diagonal of the small product Pᵀ G:
+      // two kernels where a product, a reduction and a scaling took three.
       const auto G = mm_as(dy.t(), h, P.scalar_type());
       if (ctx->needs_input_grad(3)) dP = G * coeff;
-      if (ctx->needs_input_grad(4)) dlambda = (G * P).sum(0) * gate;
+      if (ctx->needs_input_grad(4)) dlambda = torch::mm(P.t(), G).diagonal() * gate;
     }
     torch::Tensor dh;  // ∂L/∂h = dy P diag(c), [tokens × capacity]
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(5)) dh = torch::mm(dy, Pc);
@@ -100,7 +101,8 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
       shape.back() = weight.size(1);
       dx = torch::mm(dy, weight);
       if (mask.defined()) {
-        dx.add_(at::native_dropout_backward(torch::mm(dh, Qc), mask, 1.0 / (1.0 - dropout)));
+        // The dropout's backward (mask and scale) and the add into the base's input gradient as one pass.
+        dx.addcmul_(torch::mm(dh, Qc), mask, 1.0 / (1.0 - dropout));
       } else {
         dx.addmm_(dh, Qc);  // the adapter's input gradient adds into the base's: no separate add
       }
