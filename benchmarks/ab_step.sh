@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# A/B timing of increlora's training step: bench_step built from two source trees (a baseline, e.g. a `git archive`
+# of the commit before a change, and this checkout) and run alternately in one command on one machine, so that a
+# change is measured against a baseline that saw the same GPU, clocks and load (timings from separate machine
+# starts differ by a few per cent, about what one change of the adapter's kernels moves).
+#
+#   benchmarks/ab_step.sh BASE_SRC OUT_DIR [--models "bert-base minilm"] [--dtypes bf16]
+#                         [--phases "after_budget scoring"] [--rounds 3] [--steps 60] [--warmup 10] [--device cuda]
+#                         [--profile] [--bench-args "..."]
+#
+#   BASE_SRC  a source tree of increlora to compare against (the same layout as this checkout), e.g.
+#             mkdir base && git archive <commit> | tar x -C base
+#   OUT_DIR   receives base-*.json and new-*.json (bench_step's result of every run), and ab.md: per model, dtype and
+#             phase, the median over the rounds of each side's median step, new ÷ base, and the peak memory.
+#   --rounds  runs per side, alternating base, new, base, new, ... (each run: --warmup steps, then --steps timed)
+#   --profile also records one `bench_step --profile` per side and row (profile-<side>-<row>.json), for
+#             benchmarks/profile_report.py
+#   --bench-args  more bench_step arguments for every run (e.g. "--tiny --threads 1 --batch 2 --seq 16" on a CPU)
+#
+# Environment: INCRELORA_TORCH_PREFIX (LibTorch's CMake prefix; default: python3's torch), INCRELORA_CMAKE_ARGS
+# (extra cmake arguments, e.g. -DINCRELORA_FMT_INCLUDE_DIR=...), INCRELORA_JOBS (build jobs per tree; both trees
+# build at once), INCRELORA_AB_BUILD (build folders' parent, default /tmp/increlora-ab).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ $# -lt 2 || "$1" == -h || "$1" == --help ]]; then
+  sed -n '2,24p' "$0"
+  [[ $# -lt 2 ]] && exit 2 || exit 0
+fi
+base_src="$(cd "$1" && pwd)"
+out="$2"
+shift 2
+models="bert-base minilm" dtypes="bf16" phases="after_budget scoring" rounds=3 steps=60 warmup=10 device=cuda
+profile=0 bench_args=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --models) models="$2"; shift ;;
+    --dtypes) dtypes="$2"; shift ;;
+    --phases) phases="$2"; shift ;;
+    --rounds) rounds="$2"; shift ;;
+    --steps) steps="$2"; shift ;;
+    --warmup) warmup="$2"; shift ;;
+    --device) device="$2"; shift ;;
+    --profile) profile=1 ;;
+    --bench-args) bench_args="$2"; shift ;;
+    *) echo "ab_step.sh: unknown argument $1 (--help lists them)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ -f "$base_src/CMakeLists.txt" && -d "$base_src/benchmarks" ]] ||
+  { echo "ab_step.sh: $base_src is not an increlora source tree (no CMakeLists.txt or benchmarks/)" >&2; exit 2; }
+[[ "$rounds" -ge 1 ]] || { echo "ab_step.sh: --rounds must be >= 1" >&2; exit 2; }
+mkdir -p "$out"
+
+builds="${INCRELORA_AB_BUILD:-/tmp/increlora-ab}"
+prefix="${INCRELORA_TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}"
+jobs="${INCRELORA_JOBS:-$(( ($(nproc) + 1) / 2 ))}"
+build_one() {  # source tree, build folder
+  # Word splitting of INCRELORA_CMAKE_ARGS is intended: it holds several arguments.
+  # shellcheck disable=SC2086
+  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" -DINCRELORA_BUILD_TESTS=OFF \
+    -DINCRELORA_INSTALL=OFF ${INCRELORA_CMAKE_ARGS:-} >"$2.log" 2>&1 &&
+    cmake --build "$2" --target bench_step -j "$jobs" >>"$2.log" 2>&1 ||
+    { echo "ab_step.sh: building $1 failed; the end of $2.log:" >&2; tail -30 "$2.log" >&2; return 1; }
+}
+mkdir -p "$builds"
+t0=$(date +%s)
+build_one "$base_src" "$builds/base" & base_pid=$!
+build_one "$root" "$builds/new" & new_pid=$!
+wait $base_pid && wait $new_pid
+echo "ab_step.sh: built both trees in $(( $(date +%s) - t0 )) s"
+
+# Word splitting of $bench_args is intended below: it holds several arguments.
+# shellcheck disable=SC2086
+for model in $models; do
+  for dtype in $dtypes; do
+    for phase in $phases; do
+      row="$model-$dtype-$phase"
+      for (( r = 1; r <= rounds; r++ )); do
+        for side in base new; do
+          "$builds/$side/benchmarks/bench_step" --model "$model" --dtype "$dtype" --device "$device" --phase "$phase" \
+            --batch 32 --seq 128 --warmup "$warmup" --steps "$steps" $bench_args --out "$out/$side-$row-$r.json"
+        done
+      done
+      if [[ "$profile" -eq 1 ]]; then
+        for side in base new; do
+          "$builds/$side/benchmarks/bench_step" --model "$model" --dtype "$dtype" --device "$device" --phase "$phase" \
+            --batch 32 --seq 128 --warmup "$warmup" --steps 20 $bench_args --profile "$out/profile-$side-$row.json" \
+            --out "$out/profile-$side-$row.result.json" >/dev/null
+        done
+      fi
+    done
+  done
+done
+
+python3 - "$out" <<'EOF' | tee "$out/ab.md"
+import glob, json, os, statistics, sys
+out = sys.argv[1]
+rows = {}
+for path in sorted(glob.glob(os.path.join(out, "*-*.json"))):
+    name = os.path.basename(path)
+    if not (name.startswith("base-") or name.startswith("new-")):
+        continue
+    side, rest = name.split("-", 1)
+    row = rest.rsplit("-", 1)[0]
+    with open(path) as f:
+        result = json.load(f)
+    rows.setdefault(row, {}).setdefault(side, []).append(result)
+print("| model, dtype, phase | base median step (ms) | new median step (ms) | new ÷ base | base peak (MiB) | new peak (MiB) "
+      "| each round's median, base / new |")
+print("|---|---|---|---|---|---|---|")
+for row, sides in rows.items():
+    def median(side):
+        return statistics.median(r["median_ms"] for r in sides.get(side, [])) if sides.get(side) else float("nan")
+    def peak(side):
+        values = [r.get("peak_reserved_bytes") for r in sides.get(side, []) if r.get("peak_reserved_bytes")]
+        return f"{max(values) / 2**20:.0f}" if values else "n/a"
+    b, n = median("base"), median("new")
+    rounds = ", ".join(f"{r['median_ms']:.2f}" for r in sides.get("base", [])) + " / " + \
+        ", ".join(f"{r['median_ms']:.2f}" for r in sides.get("new", []))
+    print(f"| {row} | {b:.2f} | {n:.2f} | {n / b:.3f} | {peak('base')} | {peak('new')} | {rounds} |")
+EOF
