@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# What a speed change of the library needs on the GPU machine, in one device command (issue 14): the core test
+# suite with its CUDA cases, bench_step A/B against a baseline tree (ab_step.sh), a per-kernel profile of both
+# sides, and the compiled Python peers of the same shape for the ratios. Run from the repository root:
+#
+#   OUT=<folder> benchmarks/speed_check.sh BASE_SRC [--models "bert-base"] [--peers full_compiled,lora_compiled]
+#
+#   BASE_SRC  the baseline source tree (mkdir base && git archive <commit> | tar x -C base)
+# Writes to $OUT: gpu.txt, tests.txt (the suite's summary; tests.log whole), ab/ (ab_step.sh's files, ab.md),
+# peers-<model>.json (peers.py). Environment: INCRELORA_FMT_INCLUDE_DIR / INCRELORA_JSON_INCLUDE_DIR (header folders
+# where no package provides them, e.g. .device/include), SPEED_CHECK_BUILD (build folders' parent, /tmp/speed-check).
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+: "${OUT:?set OUT to the folder for the results}"
+[[ $# -ge 1 ]] || { sed -n '2,12p' "$0"; exit 2; }
+base_src="$1"
+shift
+models="bert-base" peers="full_compiled,lora_compiled"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --models) models="$2"; shift ;;
+    --peers) peers="$2"; shift ;;
+    *) echo "speed_check.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$OUT"
+cd "$root"
+t0=$(date +%s)
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+prefix="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+headers=()
+[[ -n "${INCRELORA_FMT_INCLUDE_DIR:-}" ]] && headers+=(-DINCRELORA_FMT_INCLUDE_DIR="$INCRELORA_FMT_INCLUDE_DIR")
+[[ -n "${INCRELORA_JSON_INCLUDE_DIR:-}" ]] && headers+=(-DINCRELORA_JSON_INCLUDE_DIR="$INCRELORA_JSON_INCLUDE_DIR")
+args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" -DINCRELORA_INSTALL=OFF "${headers[@]}")
+b="${SPEED_CHECK_BUILD:-/tmp/speed-check}"
+mkdir -p "$b/ab"
+cores=$(nproc)
+# The three builds at once: the suite (without models and programs) and bench_step of each side.
+(cmake -S . -B "$b/tests" "${args[@]}" -DINCRELORA_BUILD_MODELS=OFF -DINCRELORA_BUILD_EXAMPLES=OFF &&
+  cmake --build "$b/tests" --target increlora_tests -j $(( cores * 3 / 8 + 1 ))) > "$OUT/build-tests.log" 2>&1 &
+tests_pid=$!
+(cmake -S "$base_src" -B "$b/ab/base" "${args[@]}" -DINCRELORA_BUILD_TESTS=OFF &&
+  cmake --build "$b/ab/base" --target bench_step -j $(( cores * 5 / 16 + 1 ))) > "$OUT/build-base.log" 2>&1 &
+base_pid=$!
+(cmake -S . -B "$b/ab/new" "${args[@]}" -DINCRELORA_BUILD_TESTS=OFF &&
+  cmake --build "$b/ab/new" --target bench_step -j $(( cores * 5 / 16 + 1 ))) > "$OUT/build-new.log" 2>&1 &
+new_pid=$!
+failed=0
+for pid in $tests_pid $base_pid $new_pid; do wait "$pid" || failed=1; done
+if [[ "$failed" -ne 0 ]]; then
+  tail -n 25 "$OUT"/build-*.log
+  exit 1
+fi
+echo "speed_check.sh: built in $(( $(date +%s) - t0 )) s"
+
+"$b/tests/tests/increlora_tests" > "$OUT/tests.log" 2>&1
+tests_rc=$?
+tail -n 4 "$OUT/tests.log" | tee "$OUT/tests.txt"
+echo "speed_check.sh: the suite exited $tests_rc ($(( $(date +%s) - t0 )) s)"
+
+# ab_step.sh configures again with the same arguments (a no-op) and finds both sides built.
+INCRELORA_AB_BUILD="$b/ab" INCRELORA_TORCH_PREFIX="$prefix" INCRELORA_CMAKE_ARGS="${headers[*]}" \
+  bash benchmarks/ab_step.sh "$base_src" "$OUT/ab" --models "$models" --phases "after_budget scoring" --rounds 2 \
+  --profile
+echo "speed_check.sh: A/B done ($(( $(date +%s) - t0 )) s)"
+python3 benchmarks/profile_report.py "$OUT"/ab/profile-*-after_budget.json --top 0 2>&1 | tee "$OUT/profile.md"
+
+# The new side's last round beside the peers, in one results file: report.py's table gives the ratios.
+for model in $models; do
+  python3 benchmarks/peers.py --model "$model" --dtype bf16 --device cuda --batch 32 --seq 128 --warmup 10 --steps 60 \
+    --peers "$peers" --out "$OUT/peers-$model.json" > "$OUT/peers-$model.log" 2>&1
+  python3 benchmarks/report.py merge --out "$OUT/ratios-$model.json" "$OUT/peers-$model.json" \
+    "$OUT"/ab/new-"$model"-bf16-*-2.json
+  python3 benchmarks/report.py table "$OUT/ratios-$model.json" --markdown | tee "$OUT/ratios-$model.md"
+done
+echo "speed_check.sh: done in $(( $(date +%s) - t0 )) s"
+exit "$tests_rc"
