@@ -119,8 +119,13 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
         sink.addmm_(dy.t().to(sink.scalar_type()), xd.to(sink.scalar_type()));
       } else {
         const int64_t n = ctx->saved_data["in_use"].toInt();
-        auto score = importance_score(dy, xd, P.narrow(1, 0, n), coeff.narrow(0, 0, n), Q.narrow(0, 0, n));
-        sink.add_(score.to(sink.device(), sink.scalar_type()));
+        const auto sum = importance_sum(dy, xd, P.narrow(1, 0, n), coeff.narrow(0, 0, n), Q.narrow(0, 0, n));
+        const double norm = 1.0 / std::sqrt(static_cast<double>(P.size(0) * Q.size(1)));
+        if (sum.device() == sink.device() && sum.scalar_type() == sink.scalar_type()) {
+          sink.add_(sum, norm);  // the normalisation and the accumulation in one kernel
+        } else {
+          sink.add_((sum * norm).to(sink.device(), sink.scalar_type()));
+        }
       }
     }
     return {dx, dW, db, dP, dlambda, dQ, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
@@ -129,8 +134,8 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
 
 }  // namespace
 
-torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
-                               const torch::Tensor& coeff, const torch::Tensor& Q) {
+torch::Tensor importance_sum(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
+                             const torch::Tensor& coeff, const torch::Tensor& Q) {
   // Which precision the two [rows × in] products take:
   //  * bf16 inputs: the products stay in bf16 (the GEMM accumulates in float32; each element of G and ΔW is
   //    then rounded once, a relative 2^-9 that averages out over the sum). bf16 has float32's range, and this
@@ -144,7 +149,9 @@ torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, 
   const auto prod = in_dtype == torch::kBFloat16 ? torch::kBFloat16 : acc;
   const auto xp = x.to(prod);
   const auto Pp = P.to(prod);
-  const auto Qc = (Q.to(acc) * coeff.to(acc).unsqueeze(1)).to(prod);  // diag(λ s) Q
+  // diag(λ s) Q: the scaling (in the banks' dtype, float32 or float64) and the cast to `prod` in one kernel.
+  auto Qc = torch::empty(Q.sizes(), Q.options().dtype(prod));
+  at::mul_out(Qc, Q, coeff.unsqueeze(1));
   const int64_t out = P.size(0), in = Q.size(1);
   const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(out, kScoreBlockElements / std::max<int64_t>(in, 1)));
   torch::Tensor total;
@@ -153,10 +160,15 @@ torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, 
     const auto g = torch::mm(dy.narrow(1, r0, n).t().to(prod), xp);  // ∂L/∂ΔW rows [n × in]
     const auto dw = torch::mm(Pp.narrow(0, r0, n), Qc);
     // The L1 norm is Σ|·| in one pass, accumulated in `acc`.
-    auto part = at::linalg_vector_norm(dw * g, 1, std::nullopt, false, acc);
+    auto part = at::linalg_vector_norm(dw.mul_(g), 1, std::nullopt, false, acc);
     total = total.defined() ? total + part : part;
   }
-  return total / std::sqrt(static_cast<double>(out * in));
+  return total;
+}
+
+torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
+                               const torch::Tensor& coeff, const torch::Tensor& Q) {
+  return importance_sum(dy, x, P, coeff, Q) / std::sqrt(static_cast<double>(P.size(0) * Q.size(1)));
 }
 
 torch::Tensor adapted_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,

@@ -43,5 +43,9 @@ torch::Tensor adapted_linear(const torch::Tensor& x, const torch::Tensor& weight
 /// float32 for f16 inputs (range) and in the input's precision otherwise.
 torch::Tensor importance_score(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
                                const torch::Tensor& coeff, const torch::Tensor& Q);
+/// `importance_score` before the division by sqrt(numel ΔW): Σ|ΔW ⊙ (dyᵀ x)| (a 0-dim tensor in float32, float64
+/// for double inputs), so that a caller can fold the division into its accumulation.
+torch::Tensor importance_sum(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& P,
+                             const torch::Tensor& coeff, const torch::Tensor& Q);
 
 }  // namespace increlora::detail
