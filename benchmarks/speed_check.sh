@@ -4,12 +4,15 @@
 # sides, and the compiled Python peers of the same shape for the ratios. Run from the repository root:
 #
 #   OUT=<folder> benchmarks/speed_check.sh BASE_SRC [--models "bert-base"] [--peers full_compiled,lora_compiled]
-#                                           [--quick]
+#                                           [--quick] [--deadline SECONDS]
 #
 #   BASE_SRC  the baseline source tree (mkdir base && git archive <commit> | tar x -C base)
 #   --quick   the suite and the A/B only (no profiles, no peers): about 5 minutes instead of 9 on an H200
-# Writes to $OUT: gpu.txt, tests.txt (the suite's summary; tests.log whole), ab/ (ab_step.sh's files, ab.md),
-# peers-<model>.json (peers.py). Environment: INCRELORA_FMT_INCLUDE_DIR / INCRELORA_JSON_INCLUDE_DIR (header folders
+#   --deadline  seconds from the start after which every phase is stopped and the results packed (default 560,
+#             for a device command of 600 s)
+# Writes to $OUT/speed-check.tgz (packed at the end, also when the command is stopped; the device machine returns only
+# a few files): gpu.txt, tests.txt (the suite's summary; tests.log whole), ab/ (ab_step.sh's files, ab.md),
+# profile.md, peers-<model>.json (peers.py), ratios-<model>.md, the build logs. The summaries also go to stdout. Environment: INCRELORA_FMT_INCLUDE_DIR / INCRELORA_JSON_INCLUDE_DIR (header folders
 # where no package provides them, e.g. .device/include), SPEED_CHECK_BUILD (build folders' parent, /tmp/speed-check).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,19 +20,27 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ $# -ge 1 ]] || { sed -n '2,12p' "$0"; exit 2; }
 base_src="$1"
 shift
-models="bert-base" peers="full_compiled,lora_compiled" quick=0
+models="bert-base" peers="full_compiled,lora_compiled" quick=0 deadline=560
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --models) models="$2"; shift ;;
     --peers) peers="$2"; shift ;;
     --quick) quick=1 ;;
+    --deadline) deadline="$2"; shift ;;
     *) echo "speed_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
-mkdir -p "$OUT"
+final_out="$OUT"
+OUT="${SPEED_CHECK_BUILD:-/tmp/speed-check}/out"
+rm -rf "$OUT"
+mkdir -p "$OUT" "$final_out"
+pack() { tar czf "$final_out/speed-check.tgz" -C "$OUT" . 2>/dev/null; }
+trap pack EXIT
+trap 'exit 143' TERM INT
 cd "$root"
 t0=$(date +%s)
+left() { local l=$(( deadline - ($(date +%s) - t0) )); echo $(( l > 1 ? l : 1 )); }  # seconds until the deadline
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 prefix="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 headers=()
@@ -57,14 +68,14 @@ if [[ "$failed" -ne 0 ]]; then
 fi
 echo "speed_check.sh: built in $(( $(date +%s) - t0 )) s"
 
-"$b/tests/tests/increlora_tests" > "$OUT/tests.log" 2>&1
+timeout "$(left)" "$b/tests/tests/increlora_tests" > "$OUT/tests.log" 2>&1
 tests_rc=$?
 tail -n 4 "$OUT/tests.log" | tee "$OUT/tests.txt"
 echo "speed_check.sh: the suite exited $tests_rc ($(( $(date +%s) - t0 )) s)"
 
 # ab_step.sh configures again with the same arguments (a no-op) and finds both sides built.
 INCRELORA_AB_BUILD="$b/ab" INCRELORA_TORCH_PREFIX="$prefix" INCRELORA_CMAKE_ARGS="${headers[*]}" \
-  bash benchmarks/ab_step.sh "$base_src" "$OUT/ab" --models "$models" --phases "after_budget scoring" --rounds 2 \
+  timeout "$(left)" bash benchmarks/ab_step.sh "$base_src" "$OUT/ab" --models "$models" --phases "after_budget scoring" --rounds 2 \
   $([[ "$quick" -eq 1 ]] || echo --profile)
 echo "speed_check.sh: A/B done ($(( $(date +%s) - t0 )) s)"
 [[ "$quick" -eq 1 ]] && exit "$tests_rc"
@@ -72,7 +83,7 @@ python3 benchmarks/profile_report.py "$OUT"/ab/profile-*-after_budget.json --top
 
 # The new side's last round beside the peers, in one results file: report.py's table gives the ratios.
 for model in $models; do
-  python3 benchmarks/peers.py --model "$model" --dtype bf16 --device cuda --batch 32 --seq 128 --warmup 10 --steps 60 \
+  timeout "$(left)" python3 benchmarks/peers.py --model "$model" --dtype bf16 --device cuda --batch 32 --seq 128 --warmup 10 --steps 60 \
     --peers "$peers" --out "$OUT/peers-$model.json" > "$OUT/peers-$model.log" 2>&1
   python3 benchmarks/report.py merge --out "$OUT/ratios-$model.json" "$OUT/peers-$model.json" \
     "$OUT"/ab/new-"$model"-bf16-*-2.json
