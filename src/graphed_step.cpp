@@ -4,6 +4,7 @@
 #include "increlora/modules.hpp"
 #include "increlora/svd_linear.hpp"
 
+#include <ATen/ops/_foreach_zero.h>
 
 #ifdef INCRELORA_WITH_CUDA_GRAPHS
 #include <ATen/core/CachingHostAllocator.h>
@@ -72,13 +73,26 @@ struct GraphedStep::Impl {
     return out;
   }
 
-  /// Every step starts with no gradient defined (as `zero_grad()` leaves them), so that autograd hands each
-  /// parameter the gradient tensor its backward computed instead of adding it into a zeroed one: no fill and no
-  /// accumulation kernel per parameter.
-  static void clear_grads(const std::vector<torch::Tensor>& params) {
-    for (auto p : params) {
-      if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
+  /// Zeroes every gradient that exists, in one multi-tensor kernel per (device, dtype).
+  static void zero_grads(const std::vector<torch::Tensor>& params) {
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : params) {
+      if (p.grad().defined()) grads.push_back(p.grad());
     }
+    zero_by_kind(grads);
+  }
+
+  /// `_foreach_zero_` takes its multi-tensor kernel only for a list of one device and one dtype; a mixed list
+  /// (float32 banks beside a bf16 head, say) falls back to one fill kernel per tensor, which in a graph of an
+  /// adapted BERT-base was 250 launches a step. So each (device, dtype) group is zeroed by its own call.
+  static void zero_by_kind(const std::vector<torch::Tensor>& tensors) {
+    std::map<std::pair<int64_t, int64_t>, std::vector<torch::Tensor>> groups;
+    for (const auto& t : tensors) {
+      const auto device = t.device();
+      const auto kind = (static_cast<int64_t>(device.type()) << 16) | static_cast<int64_t>(device.index() + 1);
+      groups[{kind, static_cast<int64_t>(t.scalar_type())}].push_back(t);
+    }
+    for (auto& group : groups) at::_foreach_zero_(group.second);
   }
 
   /// Whether a step on `device` runs from graphs (a failed capture switches them off for good).
@@ -91,7 +105,7 @@ struct GraphedStep::Impl {
   }
 
   torch::Tensor run_eager(const std::vector<torch::Tensor>& inputs) {
-    clear_grads(trainable());
+    zero_grads(trainable());
     ++stats.eager_steps;
     auto loss = step(inputs);
     INCRELORA_CHECK(loss.defined(), "GraphedStep: the step function returned an undefined tensor; return the loss "
@@ -106,9 +120,6 @@ struct GraphedStep::Impl {
     std::unique_ptr<at::cuda::CUDAGraph> graph;
     torch::Tensor loss;             // the captured step's output; lives in the graphs' pool, rewritten by replays
     std::vector<torch::Tensor> inputs;  // the buffers the graph reads its inputs from
-    // The gradients the captured backward produces, by parameter (TensorImpl): the graph's own outputs, in the
-    // pool like `loss` and rewritten by each replay, which attaches them to the parameters for the optimizer.
-    std::unordered_map<const c10::TensorImpl*, torch::Tensor> grads;
     uint64_t last_used = 0;
   };
   std::optional<c10::cuda::CUDAStream> stream;
@@ -118,6 +129,9 @@ struct GraphedStep::Impl {
   at::cuda::CUDAEvent enter_event, leave_event;
   std::map<Key, std::vector<torch::Tensor>> input_buffers;  // per input signature, outside the graphs' pool
   std::map<Key, Entry> graphs;  // only graphs that were captured cleanly
+  // Gradients live outside the graphs' pool, allocated by the warm-up's eager backward: every graph adds into
+  // the same tensors, which the optimizer reads. Keyed by the parameter's TensorImpl.
+  std::unordered_map<const c10::TensorImpl*, torch::Tensor> grads;
   uint64_t clock = 0;
   bool warmup_cache_released = false;
   bool capture_failed = false;  // a capture broke: this object runs eagerly from then on
@@ -140,30 +154,44 @@ struct GraphedStep::Impl {
     return key;
   }
 
-  /// Gives each trained parameter the gradient `entry`'s last replay produced (none where it produced none).
-  void attach_grads(const Entry& entry) {
-    for (auto p : trainable()) {
-      const auto it = entry.grads.find(p.unsafeGetTensorImpl());
-      if (it == entry.grads.end()) {
-        if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
-      } else if (!p.grad().is_same(it->second)) {
-        p.mutable_grad() = it->second;
-      }
+  static bool fits(const torch::Tensor& grad, const torch::Tensor& param) {
+    return grad.sizes() == param.sizes() && grad.scalar_type() == param.scalar_type() &&
+           grad.device() == param.device();
+  }
+
+  void adopt_grads() {
+    for (const auto& p : trainable()) {
+      if (p.grad().defined()) grads[p.unsafeGetTensorImpl()] = p.grad();
     }
   }
 
-  /// Detaches from the parameters every gradient that a graph owns (before the graphs and their memory go).
-  void release_grads() {
-    for (auto p : model.parameters()) {
-      if (!p.grad().defined()) continue;
-      for (const auto& graph : graphs) {
-        const auto it = graph.second.grads.find(p.unsafeGetTensorImpl());
-        if (it != graph.second.grads.end() && it->second.is_same(p.grad())) {
-          p.mutable_grad() = torch::Tensor();
-          break;
-        }
+  /// Puts the held gradients back on their parameters. A held gradient that no longer fits its parameter (moved
+  /// or converted since) is dropped: the next capture then sees a gradient it does not own and replaces it.
+  void attach_grads() {
+    for (auto& p : trainable()) {
+      const auto it = grads.find(p.unsafeGetTensorImpl());
+      if (it == grads.end()) continue;
+      if (!fits(it->second, p)) {
+        grads.erase(it);
+        continue;
       }
+      if (!p.grad().is_same(it->second)) p.mutable_grad() = it->second;
     }
+  }
+
+  void release_grads() {
+    for (auto& p : model.parameters()) {
+      const auto it = grads.find(p.unsafeGetTensorImpl());
+      if (it != grads.end() && p.grad().is_same(it->second)) p.mutable_grad() = torch::Tensor();
+    }
+    grads.clear();
+  }
+
+  std::vector<torch::Tensor> owned_grads() const {
+    std::vector<torch::Tensor> out;
+    out.reserve(grads.size());
+    for (const auto& entry : grads) out.push_back(entry.second);
+    return out;
   }
 
   void evict_least_recent() {
@@ -192,24 +220,24 @@ struct GraphedStep::Impl {
     } catch (...) {
     }
     (void)cudaGetLastError();  // clear the capture error so that later CUDA calls do not report it
-    clear_grads(trainable());  // what the broken capture allocated for them lives in its pool
     entry.graph.reset();
-    release_grads();
     graphs.clear();
     pool.reset();
     capture_failed = true;
   }
 
-  /// Records the step into `entry` (nothing runs yet), with no gradient defined when it starts: the backward's
-  /// gradient tensors are then the graph's outputs, which `entry` keeps.
-  void capture(Entry& entry, const torch::Device& device) {
+  /// Records the step into `entry` (nothing runs yet). Returns false when the captured backward created a
+  /// gradient this object does not own (a parameter that got none in the warm-up): that gradient then lives in
+  /// the graph's pool, so the graph is dropped, the parameter gets an owned gradient and the caller captures again.
+  bool capture(Entry& entry, const torch::Device& device) {
     if (graphs.empty()) pool = at::cuda::graph_pool_handle();
-    const auto params = trainable();
-    clear_grads(params);
+    attach_grads();
+    const auto zero_list = owned_grads();
     entry.graph = std::make_unique<at::cuda::CUDAGraph>();
     entry.graph->capture_begin(*pool);
     torch::Tensor loss;
     try {
+      zero_by_kind(zero_list);
       loss = step(entry.inputs);
     } catch (const std::exception& e) {
       abandon_capture(entry, device);
@@ -221,15 +249,26 @@ struct GraphedStep::Impl {
     entry.graph->capture_end();
     if (!loss.defined()) {
       entry.graph.reset();
-      clear_grads(params);
       INCRELORA_CHECK(false, "GraphedStep: the step function returned an undefined tensor; return the loss after "
                       "calling backward() on it.");
     }
     entry.loss = loss.detach();
-    for (const auto& p : params) {
-      if (p.grad().defined()) entry.grads[p.unsafeGetTensorImpl()] = p.grad();
+    bool clean = true;
+    for (auto& p : trainable()) {
+      if (!p.grad().defined()) continue;
+      const auto it = grads.find(p.unsafeGetTensorImpl());
+      if (it != grads.end() && p.grad().is_same(it->second)) continue;
+      clean = false;
+      grads[p.unsafeGetTensorImpl()] = torch::zeros_like(p);  // allocated outside the pool: not capturing now
+    }
+    if (!clean) {
+      entry.graph.reset();
+      entry.loss = torch::Tensor();
+      attach_grads();
+      return false;
     }
     ++stats.captures;
+    return true;
   }
 
   torch::Tensor run_graphed(const std::vector<torch::Tensor>& inputs, const torch::Device& device) {
@@ -272,10 +311,9 @@ struct GraphedStep::Impl {
 
       if (device_eager_steps < options.warmup_steps()) {
         result = run_eager(buffers);
-        ++device_eager_steps;
+        if (++device_eager_steps == options.warmup_steps()) adopt_grads();
       } else {
         if (!warmup_cache_released && options.release_warmup_cache()) {
-          clear_grads(trainable());  // the warm-up's gradients: the graphs make their own
           c10::cuda::CUDACachingAllocator::emptyCache();
           warmup_cache_released = true;
         }
@@ -285,15 +323,18 @@ struct GraphedStep::Impl {
           if (static_cast<int64_t>(graphs.size()) >= options.max_graphs()) evict_least_recent();
           Entry entry;
           entry.inputs = buffers;
-          capture(entry, device);
+          bool captured = false;
+          for (int attempt = 0; attempt < 2 && !captured; ++attempt) captured = capture(entry, device);
+          INCRELORA_CHECK(captured, "GraphedStep: the captured backward keeps creating gradients for parameters "
+                          "outside the warm-up's set; make the set of trained parameters the same at every step.");
           it = graphs.emplace(key, std::move(entry)).first;
         }
         it->second.last_used = ++clock;
         it->second.graph->replay();
         ++stats.replays;
         result = it->second.loss;
-        attach_grads(it->second);
       }
+      attach_grads();
     }
     // A copy made on the caller's stream once it has waited for the side stream: the captured output is
     // rewritten by the next replay.
@@ -329,10 +370,11 @@ const GraphedStepStats& GraphedStep::stats() const { return impl_->stats; }
 
 void GraphedStep::reset() {
 #ifdef INCRELORA_WITH_CUDA_GRAPHS
-  impl_->release_grads();
   impl_->graphs.clear();
   impl_->input_buffers.clear();
-  // The replaced tensors may have new shapes or a new set of trained parameters: warm up again.
+  // The replaced tensors may have new shapes or a new set of trained parameters: warm up again and take the
+  // gradients the next eager backward creates.
+  impl_->release_grads();
   impl_->device_eager_steps = 0;
   impl_->capture_failed = false;
 #endif

@@ -20,8 +20,8 @@ struct GraphedStepOptions {
   /// cannot be captured).
   TORCH_ARG(bool, enabled) = true;
   /// Eager steps before the first capture. They initialise what is created lazily on first use (cuBLAS
-  /// handles and workspaces, the autograd engine's device threads, the optimizer's state) outside the graph.
-  /// Later captures (after a rank growth) need none.
+  /// handles and workspaces, the autograd engine's device threads, the optimizer's state) outside the graph
+  /// and show which parameters receive gradients. Later captures (after a rank growth) need none.
   TORCH_ARG(int64_t, warmup_steps) = 2;
   /// Graphs kept at once (least recently used first out). A run needs two per rank state: one for the steps
   /// that score importance and one for the rest; they all share one memory pool.
@@ -52,7 +52,7 @@ struct GraphedStepStats {
 ///     return loss;
 ///   });
 ///   for (int64_t t = 0; t < total_steps; ++t) {
-///     auto loss = step({ids, mask, labels});          // clears the gradients, runs forward + backward
+///     auto loss = step({ids, mask, labels});          // zeroes the gradients, runs forward + backward
 ///     allocator.update_and_increase(*model, t, optimizer);
 ///     optimizer.step();
 ///   }
@@ -67,13 +67,9 @@ struct GraphedStepStats {
 /// Rules for the step function, as for any CUDA-graph capture: use only the inputs it is given (they are
 /// copied into fixed buffers; tensors created outside it that never change storage, like parameters, are fine);
 /// no host synchronisation (`item()`, printing a tensor, a data-dependent shape, a copy to the CPU) and no
-/// copy of new host data to the device inside it; no gradient accumulation across calls (each call starts with no
-/// gradient defined, as `zero_grad()` leaves them; several backward passes inside one call do accumulate). Each
-/// graph owns the gradient tensors its backward produces: they live in the graphs' memory pool, each replay
-/// rewrites them, and they are attached to the parameters after it, where the optimizer reads them until the next
-/// call (so `optimizer.zero_grad()` is harmless). Starting without gradients is what saves the most: autograd then
-/// hands each parameter the tensor its backward computed, where adding into zeroed gradients took a fill and an
-/// add kernel per parameter. Dropout and other random ops draw fresh numbers at each replay. A step
+/// copy of new host data to the device inside it; no gradient accumulation across calls (each call zeroes the
+/// gradients first; the gradient tensors are owned here and re-attached to the parameters after each call, so
+/// `optimizer.zero_grad()` is harmless). Dropout and other random ops draw fresh numbers at each replay. A step
 /// that breaks a rule fails its capture with an exception that says so, and the object runs eagerly after it.
 ///
 /// On a CPU model, or when LibTorch was built without CUDA, it runs every step eagerly.
@@ -86,7 +82,7 @@ class GraphedStep {
   GraphedStep(const GraphedStep&) = delete;
   GraphedStep& operator=(const GraphedStep&) = delete;
 
-  /// Clears the gradients, runs the step on `inputs` (moved to the model's device) and returns the loss: a
+  /// Zeroes the gradients, runs the step on `inputs` (moved to the model's device) and returns the loss: a
   /// tensor of its own, which later steps do not overwrite.
   torch::Tensor operator()(const std::vector<torch::Tensor>& inputs);
 
