@@ -105,12 +105,13 @@ for path in sorted(glob.glob(os.path.join(out, "*-*.json"))):
     with open(path) as f:
         result = json.load(f)
     rows.setdefault(row, {}).setdefault(side, []).append(result)
-print("| model, dtype, phase | base median step (ms) | new median step (ms) | new ÷ base | base peak (MiB) | new peak (MiB) "
-      "| each round's median, base / new |")
+print("| model, dtype, phase | base median step (ms) | new median step (ms) | new ÷ base | base peak (MiB) "
+      "| new peak (MiB) | each round's median, base / new |")
 print("|---|---|---|---|---|---|---|")
 for row, sides in rows.items():
     def median(side):
-        return statistics.median(r["median_ms"] for r in sides.get(side, [])) if sides.get(side) else float("nan")
+        runs = sides.get(side, [])
+        return statistics.median(r["median_ms"] for r in runs) if runs else float("nan")
     def peak(side):
         values = [r.get("peak_reserved_bytes") for r in sides.get(side, []) if r.get("peak_reserved_bytes")]
         return f"{max(values) / 2**20:.0f}" if values else "n/a"

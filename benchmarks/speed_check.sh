@@ -12,12 +12,13 @@
 #             for a device command of 600 s)
 # Writes to $OUT/speed-check.tgz (packed at the end, also when the command is stopped; the device machine returns only
 # a few files): gpu.txt, tests.txt (the suite's summary; tests.log whole), ab/ (ab_step.sh's files, ab.md),
-# profile.md, peers-<model>.json (peers.py), ratios-<model>.md, the build logs. The summaries also go to stdout. Environment: INCRELORA_FMT_INCLUDE_DIR / INCRELORA_JSON_INCLUDE_DIR (header folders
-# where no package provides them, e.g. .device/include), SPEED_CHECK_BUILD (build folders' parent, /tmp/speed-check).
+# profile.md, peers-<model>.json (peers.py), ratios-<model>.md, the build logs. The summaries also go to stdout.
+# Environment: INCRELORA_FMT_INCLUDE_DIR / INCRELORA_JSON_INCLUDE_DIR (header folders where no package provides
+# them, e.g. .device/include), SPEED_CHECK_BUILD (build folders' parent, default /tmp/speed-check).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${OUT:?set OUT to the folder for the results}"
-[[ $# -ge 1 ]] || { sed -n '2,12p' "$0"; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,18p' "$0"; exit 2; }
 base_src="$1"
 shift
 models="bert-base" peers="full_compiled,lora_compiled" quick=0 deadline=560
@@ -75,16 +76,16 @@ echo "speed_check.sh: the suite exited $tests_rc ($(( $(date +%s) - t0 )) s)"
 
 # ab_step.sh configures again with the same arguments (a no-op) and finds both sides built.
 INCRELORA_AB_BUILD="$b/ab" INCRELORA_TORCH_PREFIX="$prefix" INCRELORA_CMAKE_ARGS="${headers[*]}" \
-  timeout "$(left)" bash benchmarks/ab_step.sh "$base_src" "$OUT/ab" --models "$models" --phases "after_budget scoring" --rounds 2 \
-  $([[ "$quick" -eq 1 ]] || echo --profile)
+  timeout "$(left)" bash benchmarks/ab_step.sh "$base_src" "$OUT/ab" --models "$models" \
+  --phases "after_budget scoring" --rounds 2 $([[ "$quick" -eq 1 ]] || echo --profile)
 echo "speed_check.sh: A/B done ($(( $(date +%s) - t0 )) s)"
 [[ "$quick" -eq 1 ]] && exit "$tests_rc"
 python3 benchmarks/profile_report.py "$OUT"/ab/profile-*-after_budget.json --top 0 2>&1 | tee "$OUT/profile.md"
 
 # The new side's last round beside the peers, in one results file: report.py's table gives the ratios.
 for model in $models; do
-  timeout "$(left)" python3 benchmarks/peers.py --model "$model" --dtype bf16 --device cuda --batch 32 --seq 128 --warmup 10 --steps 60 \
-    --peers "$peers" --out "$OUT/peers-$model.json" > "$OUT/peers-$model.log" 2>&1
+  timeout "$(left)" python3 benchmarks/peers.py --model "$model" --dtype bf16 --device cuda --batch 32 --seq 128 \
+    --warmup 10 --steps 60 --peers "$peers" --out "$OUT/peers-$model.json" > "$OUT/peers-$model.log" 2>&1
   python3 benchmarks/report.py merge --out "$OUT/ratios-$model.json" "$OUT/peers-$model.json" \
     "$OUT"/ab/new-"$model"-bf16-*-2.json
   python3 benchmarks/report.py table "$OUT/ratios-$model.json" --markdown | tee "$OUT/ratios-$model.md"

@@ -21,6 +21,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 
@@ -86,11 +87,9 @@ struct GraphedStep::Impl {
   /// (float32 banks beside a bf16 head, say) falls back to one fill kernel per tensor, which in a graph of an
   /// adapted BERT-base was 250 launches a step. So each (device, dtype) group is zeroed by its own call.
   static void zero_by_kind(const std::vector<torch::Tensor>& tensors) {
-    std::map<std::pair<int64_t, int64_t>, std::vector<torch::Tensor>> groups;
+    std::map<std::tuple<int, int, int>, std::vector<torch::Tensor>> groups;  // (device type, index, dtype)
     for (const auto& t : tensors) {
-      const auto device = t.device();
-      const auto kind = (static_cast<int64_t>(device.type()) << 16) | static_cast<int64_t>(device.index() + 1);
-      groups[{kind, static_cast<int64_t>(t.scalar_type())}].push_back(t);
+      groups[{static_cast<int>(t.device().type()), t.device().index(), static_cast<int>(t.scalar_type())}].push_back(t);
     }
     for (auto& group : groups) at::_foreach_zero_(group.second);
   }

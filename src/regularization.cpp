@@ -46,20 +46,20 @@ torch::Tensor compute_orth_regu(const torch::nn::Module& model, double regu_weig
   struct Group {
     std::vector<torch::Tensor> banks, states;
   };
-  std::map<std::pair<int64_t, int64_t>, Group> rows_q, rows_p;
+  std::map<std::pair<int64_t, int64_t>, Group> q_groups, p_groups;
   for (const auto& entry : layers) {
     const auto& m = entry.second;
-    auto& q = rows_q[{m->capacity(), m->lora_A.size(1)}];
+    auto& q = q_groups[{m->capacity(), m->lora_A.size(1)}];
     q.banks.push_back(m->lora_A);
     q.states.push_back(m->lora_slot_state);
-    auto& p = rows_p[{m->capacity(), m->lora_B.size(0)}];
+    auto& p = p_groups[{m->capacity(), m->lora_B.size(0)}];
     p.banks.push_back(m->lora_B);
     p.states.push_back(m->lora_slot_state);
   }
   torch::Tensor total;
-  for (const auto* groups : {&rows_q, &rows_p}) {
+  for (const auto* groups : {&q_groups, &p_groups}) {
     for (const auto& group : *groups) {
-      auto term = sum_of_gram_deviations(group.second.banks, group.second.states, groups == &rows_q);
+      auto term = sum_of_gram_deviations(group.second.banks, group.second.states, groups == &q_groups);
       total = total.defined() ? total + term : term;
     }
   }
