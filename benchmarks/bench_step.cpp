@@ -15,6 +15,8 @@
 //   after_budget  every adapter is built at rank 2 and the target is 2: the budget is met at construction, no
 //                 step scores; this is the state most of a run spends its steps in, at the final rank.
 //   frozen_forward  forward only, eval mode, no_grad: the floor the training step is compared with.
+#include "op_count.hpp"
+
 #include <increlora/models/bert.hpp>
 
 #include <increlora/apps/flags.hpp>
@@ -74,6 +76,7 @@ struct Args {
   std::string out;
   std::string profile;        // write a per-kernel profile of extra steps here (JSON), the trace beside it
   int64_t profile_steps = 5;  // steps recorded by --profile (after the timed ones)
+  std::string count_ops;      // write the operators dispatched per step (op_count.hpp) of extra steps here
 };
 
 const char* kNotes =
@@ -111,6 +114,9 @@ Args parse(int argc, char** argv) {
   f.add("profile", &a.profile, "after the timed steps, record --profile_steps more under LibTorch's Kineto "
         "profiler: per-kernel device time by part of the step to this JSON, the Chrome trace to <file>.trace.json");
   f.add("profile_steps", &a.profile_steps, "steps recorded by --profile");
+  f.add("count_ops", &a.count_ops, "after the timed steps, count the ATen operators that do work (about one "
+        "kernel each on a GPU; benchmarks/op_count.hpp) over --profile_steps more steps, per part of the step, "
+        "to this JSON; any device (with CUDA graphs replayed nothing is dispatched: use --graphs off)");
   f.parse(argc, argv);
   if (f.help()) {
     std::fputs((f.usage() + kNotes).c_str(), stdout);
@@ -127,6 +133,11 @@ Args parse(int argc, char** argv) {
     throw std::invalid_argument("--steps, --batch and --seq must be >= 1, --warmup >= 0");
   }
   if (a.rank < 2) throw std::invalid_argument("--rank must be >= 2 (the scoring phase grows 1 -> rank)");
+  if (a.profile_steps < 1) throw std::invalid_argument("--profile_steps must be >= 1");
+  if (!a.count_ops.empty() && a.graphs && a.device == "cuda") {
+    throw std::invalid_argument("--count_ops with --device cuda needs --graphs off (a replayed graph dispatches "
+                                "no operators)");
+  }
   return a;
 }
 
@@ -159,6 +170,19 @@ double percentile(std::vector<double> v, double q) {
 
 void sync(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? -1 : device.index());
+}
+
+// Writes `text` to `path` through a temporary file, so that a reader never sees half a file.
+void write_file(const std::string& path, const std::string& text) {
+  const std::filesystem::path out(path);
+  if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
+  const auto tmp = out.string() + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << text << "\n";
+    if (!f) throw std::runtime_error("cannot write " + tmp);
+  }
+  std::filesystem::rename(tmp, out);
 }
 
 // --profile: `a.profile_steps` steps under the Kineto profiler (CPU ops + CUDA kernels), the device synchronised
@@ -216,8 +240,42 @@ void profile_steps(const Args& a, const torch::Device& device, Step step, Parts 
               {"device_us_per_step", total_us / steps}, {"parts_found", windows.size()}, {"kernels", rows}};
   const std::filesystem::path path(a.profile);
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  std::ofstream(a.profile) << out.dump(1) << "\n";
+  write_file(a.profile, out.dump(1));
   result->save(a.profile + ".trace.json");
+}
+
+// --count_ops: `a.profile_steps` steps under an OpCounter; per part of the step and operator, how many a step
+// dispatches.
+template <class Step>
+void count_ops(const Args& a, const torch::Device& device, Step step) {
+  json parts = json::object();
+  int64_t total = 0;
+  {
+    increlora_bench::OpCounter counter;
+    for (int64_t s = 0; s < a.profile_steps; ++s) step(s);
+    sync(device);
+    const auto steps = a.profile_steps;
+    for (const auto& [part, ops] : counter.counts()) {
+      json rows = json::object();
+      int64_t n = 0;
+      for (const auto& [name, c] : ops) {
+        rows[name] = static_cast<double>(c) / static_cast<double>(steps);
+        n += c;
+      }
+      parts[part] = {{"ops_per_step", static_cast<double>(n) / static_cast<double>(steps)}, {"ops", rows}};
+    }
+    total = counter.total();
+  }
+  const json out = {{"model", a.model}, {"dtype", a.dtype}, {"device", a.device}, {"phase", a.phase},
+                    {"graphs", a.graphs}, {"lora_dropout", a.lora_dropout}, {"reg_orth_coef", a.reg_orth_coef},
+                    {"steps", a.profile_steps},
+                    {"ops_per_step", static_cast<double>(total) / static_cast<double>(a.profile_steps)},
+                    {"parts", parts},
+                    {"what", "top-level ATen operators that do work (views, allocations and no-op conversions "
+                             "excluded), per step: about one kernel each on a GPU (benchmarks/op_count.hpp)"}};
+  write_file(a.count_ops, out.dump(1));
+  fmt::print("bench_step {} {} {} {}: {:.0f} operators per step\n", a.model, a.dtype, a.device, a.phase,
+             out["ops_per_step"].get<double>());
 }
 
 int run(const Args& a) {
@@ -391,6 +449,14 @@ int run(const Args& a) {
     parts = timed_parts;
     timing_parts = a.breakdown && train;
   }
+  if (!a.count_ops.empty()) {
+    const auto timed_scored_steps = scored_steps;
+    const bool timed_parts_on = timing_parts;
+    timing_parts = false;  // no --breakdown synchronisations inside the counted steps
+    count_ops(a, device, [&](int64_t s) { step(a.warmup + a.steps + a.profile_steps + s); });
+    scored_steps = timed_scored_steps;
+    timing_parts = timed_parts_on;
+  }
   if (scoring && scored_steps != a.steps) {
     throw std::logic_error(fmt::format("scoring: only {} of {} timed steps were scored", scored_steps, a.steps));
   }
@@ -453,17 +519,7 @@ int run(const Args& a) {
     result["timing"] = "per step, with --breakdown: the device synchronised between the parts";
   }
   const std::string text = result.dump(2);
-  if (!a.out.empty()) {
-    const std::filesystem::path out(a.out);
-    if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
-    const auto tmp = out.string() + ".tmp";
-    {
-      std::ofstream f(tmp);
-      f << text << "\n";
-      if (!f) throw std::runtime_error("cannot write " + tmp);
-    }
-    std::filesystem::rename(tmp, out);
-  }
+  if (!a.out.empty()) write_file(a.out, text);
   fmt::print("bench_step {} {} {} {}: median {:.3f} ms (p10 {:.3f}, p90 {:.3f}) over {} steps, peak {}\n", a.model,
              a.dtype, a.device, a.phase, percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9), a.steps,
              peak.is_null() ? std::string("n/a") : fmt::format("{:.1f} MiB", peak.get<double>() / (1 << 20)));

@@ -1,11 +1,17 @@
 # CPU smoke test of bench_step (ctest bench_step_smoke): both training phases and the frozen forward on a tiny
-# encoder of MiniLM's structure, 3 timed steps each; each must write JSON with the fields report.py reads.
+# encoder of MiniLM's structure, 3 timed steps each; each must write JSON with the fields report.py reads. The
+# training phases also count their operators (--count_ops), which must come out per part of the step.
 #   cmake -DBENCH=<bench_step> -DOUT=<folder> -P smoke_cpp.cmake
 foreach(phase scoring after_budget frozen_forward)
   set(out "${OUT}/${phase}.json")
-  file(REMOVE "${out}")
+  set(ops "${OUT}/${phase}.ops.json")
+  file(REMOVE "${out}" "${ops}")
+  set(count_args "")
+  if(NOT phase STREQUAL "frozen_forward")
+    set(count_args --count_ops "${ops}" --profile_steps 2)
+  endif()
   execute_process(COMMAND "${BENCH}" --model minilm --tiny --device cpu --batch 2 --seq 16 --warmup 1 --steps 3 --threads 1
-                          --phase ${phase} --out "${out}"
+                          --phase ${phase} --out "${out}" ${count_args}
                   RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "bench_step --phase ${phase} failed (${rc})")
@@ -22,6 +28,15 @@ foreach(phase scoring after_budget frozen_forward)
     string(JSON steps GET "${text}" steps)
     if(NOT steps EQUAL 3)
       message(FATAL_ERROR "${out}: steps is ${steps}, expected 3")
+    endif()
+    if(count_args)
+      file(READ "${ops}" ops_text)
+      foreach(part forward_backward optimizer)
+        string(JSON n ERROR_VARIABLE err GET "${ops_text}" parts ${part} ops_per_step)
+        if(err OR NOT n GREATER 0)
+          message(FATAL_ERROR "${ops}: no operators counted for the part ${part} (${err})")
+        endif()
+      endforeach()
     endif()
   elseif(NOT text MATCHES "\"median_ms\"")
     message(FATAL_ERROR "${out} has no median_ms")
