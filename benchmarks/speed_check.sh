@@ -4,12 +4,13 @@
 # sides, and the compiled Python peers of the same shape for the ratios. Run from the repository root:
 #
 #   OUT=<folder> benchmarks/speed_check.sh BASE_SRC [--models "bert-base"] [--peers full_compiled,lora_compiled]
-#                                           [--quick] [--deadline SECONDS] [--variant NAME=SRC ...]
+#                                           [--quick] [--no-suite] [--deadline SECONDS] [--variant NAME=SRC ...]
 #
 #   BASE_SRC  the baseline source tree (mkdir base && git archive <commit> | tar x -C base)
 #   --variant one more tree in the same A/B rounds, with its own suite run (tests-NAME.log): a change kept off main
 #             (git archive <branch> | tar x -C <dir>). Repeatable.
 #   --quick   the suite and the A/B only (no profiles, no peers): about 5 minutes instead of 9 on an H200
+#   --no-suite  skip building and running the suites (a second command after one that ran them)
 #   --deadline  seconds from the start after which every phase is stopped and the results packed (default 560,
 #             for a device command of 600 s)
 # Writes to $OUT/speed-check.tgz (packed at the end, also when the command is stopped; the device machine returns only
@@ -20,10 +21,10 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${OUT:?set OUT to the folder for the results}"
-[[ $# -ge 1 ]] || { sed -n '2,20p' "$0"; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,21p' "$0"; exit 2; }
 base_src="$1"
 shift
-models="bert-base" peers="full_compiled,lora_compiled" quick=0 deadline=560
+models="bert-base" peers="full_compiled,lora_compiled" quick=0 suite=1 deadline=560
 variants=()  # NAME=SRC, as ab_step.sh takes them
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -31,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     --models) models="$2"; shift ;;
     --peers) peers="$2"; shift ;;
     --quick) quick=1 ;;
+    --no-suite) suite=0 ;;
     --deadline) deadline="$2"; shift ;;
     *) echo "speed_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -57,19 +59,21 @@ mkdir -p "$b/ab"
 cores=$(nproc)
 # The builds at once: the suite (without models and programs) of this checkout and of each variant, and bench_step
 # of each side of the A/B.
-suites=(tests)   # build folders under $b, each with its suite
-declare -A suite_src=([tests]="$root")
+suites=()   # build folders under $b, each with its suite
+declare -A suite_src=()
+if [[ "$suite" -eq 1 ]]; then suites+=(tests); suite_src[tests]="$root"; fi
 sides=(base new)
 declare -A side_src=([base]="$base_src" [new]="$root")
 for v in "${variants[@]}"; do
   name="${v%%=*}"
   [[ -d "${v#*=}" ]] || { echo "speed_check.sh: --variant $v: no folder ${v#*=}" >&2; exit 2; }
-  suites+=("tests-$name"); suite_src[tests-$name]="$(cd "${v#*=}" && pwd)"
-  sides+=("$name"); side_src[$name]="${suite_src[tests-$name]}"
+  side_src[$name]="$(cd "${v#*=}" && pwd)"
+  sides+=("$name")
+  if [[ "$suite" -eq 1 ]]; then suites+=("tests-$name"); suite_src[tests-$name]="${side_src[$name]}"; fi
 done
 builds=$(( ${#suites[@]} + ${#sides[@]} ))
 pids=()
-for s in "${suites[@]}"; do
+for s in "${suites[@]+"${suites[@]}"}"; do
   (cmake -S "${suite_src[$s]}" -B "$b/$s" "${args[@]}" -DINCRELORA_BUILD_MODELS=OFF -DINCRELORA_BUILD_EXAMPLES=OFF &&
     cmake --build "$b/$s" --target increlora_tests -j $(( cores * 5 / (4 * builds) + 1 ))) > "$OUT/build-$s.log" 2>&1 &
   pids+=($!)
@@ -88,13 +92,17 @@ fi
 echo "speed_check.sh: built in $(( $(date +%s) - t0 )) s"
 
 tests_rc=0
-for s in "${suites[@]}"; do
+for s in "${suites[@]+"${suites[@]}"}"; do
   timeout "$(left)" "$b/$s/tests/increlora_tests" > "$OUT/$s.log" 2>&1
   rc=$?
   [[ "$rc" -ne 0 ]] && tests_rc=$rc
   { echo "== $s (${suite_src[$s]}): exit $rc"; tail -n 4 "$OUT/$s.log"; } | tee -a "$OUT/tests.txt"
 done
-echo "speed_check.sh: the suites exited $tests_rc ($(( $(date +%s) - t0 )) s)"
+if [[ "$suite" -eq 1 ]]; then
+  echo "speed_check.sh: the suites exited $tests_rc ($(( $(date +%s) - t0 )) s)"
+else
+  echo "speed_check.sh: no suite run (--no-suite)" | tee "$OUT/tests.txt"
+fi
 
 # ab_step.sh configures again with the same arguments (a no-op) and finds both sides built.
 INCRELORA_AB_BUILD="$b/ab" INCRELORA_TORCH_PREFIX="$prefix" INCRELORA_CMAKE_ARGS="${headers[*]}" \
