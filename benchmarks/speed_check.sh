@@ -14,8 +14,9 @@
 #   --deadline  seconds from the start after which every phase is stopped and the results packed (default 560,
 #             for a device command of 600 s)
 # Writes to $OUT/speed-check.tgz (packed at the end, also when the command is stopped; the device machine returns only
-# a few files): gpu.txt, tests.txt (the suites' summaries; tests.log, tests-NAME.log whole), ab/ (ab_step.sh's files, ab.md),
-# profile.md, peers-<model>.json (peers.py), ratios-<model>.md, the build logs. The summaries also go to stdout.
+# a few files): gpu.txt, tests.txt (the suites' summaries; tests.log, tests-NAME.log whole), ab/ (ab_step.sh's
+# files, ab.md), profile.md, peers-<model>.json (peers.py), ratios-<model>.md, the build logs. The summaries also
+# go to stdout.
 # Environment: INCRELORA_FMT_INCLUDE_DIR / INCRELORA_JSON_INCLUDE_DIR (header folders where no package provides
 # them, e.g. .device/include), SPEED_CHECK_BUILD (build folders' parent, default /tmp/speed-check).
 set -uo pipefail
@@ -80,7 +81,8 @@ for s in "${suites[@]+"${suites[@]}"}"; do
 done
 for side in "${sides[@]}"; do
   (cmake -S "${side_src[$side]}" -B "$b/ab/$side" "${args[@]}" -DINCRELORA_BUILD_TESTS=OFF &&
-    cmake --build "$b/ab/$side" --target bench_step -j $(( cores * 5 / (4 * builds) + 1 ))) > "$OUT/build-$side.log" 2>&1 &
+    cmake --build "$b/ab/$side" --target bench_step -j $(( cores * 5 / (4 * builds) + 1 ))) \
+    > "$OUT/build-$side.log" 2>&1 &
   pids+=($!)
 done
 failed=0
