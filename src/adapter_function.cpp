@@ -1,5 +1,7 @@
 #include "increlora/detail/adapter_function.hpp"
 
+#include "increlora/detail/adapter_factors.hpp"
+
 #include <torch/autograd.h>
 #include <torch/version.h>
 
@@ -44,12 +46,19 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
 
     torch::Tensor xd = x2, mask;
     if (call.dropout > 0.0) std::tie(xd, mask) = at::native_dropout(x2, call.dropout, /*train=*/true);
-    const auto coeff = torch::addcmul(held, lambda, gate);  // c = λ ⊙ gate + held, in the banks' dtype
-    // P diag(c) and Q in the compute dtype: small [out × capacity] and [capacity × in] kernels, the scaling and
-    // the cast of P in one (mul_out computes in the banks' dtype and stores in the output's).
-    auto Pc = torch::empty(P.sizes(), P.options().dtype(dtype));
-    at::mul_out(Pc, P, coeff);
-    const auto Qc = Q.to(dtype);
+    torch::Tensor coeff, Pc, Qc;
+    if (call.factors != nullptr) {
+      coeff = call.factors->coeff;
+      Pc = call.factors->Pc;
+      Qc = call.factors->Qc;
+    } else {
+      coeff = torch::addcmul(held, lambda, gate);  // c = λ ⊙ gate + held, in the banks' dtype
+      // P diag(c) and Q in the compute dtype: small [out × capacity] and [capacity × in] kernels, the scaling and
+      // the cast of P in one (mul_out computes in the banks' dtype and stores in the output's).
+      Pc = torch::empty(P.sizes(), P.options().dtype(dtype));
+      at::mul_out(Pc, P, coeff);
+      Qc = Q.to(dtype);
+    }
     const auto h = torch::mm(xd, Qc.t());  // [tokens × capacity]
     y.addmm_(h, Pc.t());                   // the adapter adds into the base output: no separate add
 

@@ -1,5 +1,6 @@
 #include "increlora/graphed_step.hpp"
 
+#include "increlora/detail/adapter_factors.hpp"
 #include "increlora/errors.hpp"
 #include "increlora/modules.hpp"
 #include "increlora/svd_linear.hpp"
@@ -94,6 +95,17 @@ struct GraphedStep::Impl {
     for (auto& group : groups) at::_foreach_zero_(group.second);
   }
 
+  /// The step function, with the adapted layers' factors computed together (detail::AdapterFactorScope): inside a
+  /// capture, the stacking kernels are recorded with the step and recompute the factors at each replay.
+  torch::Tensor call_step(const std::vector<torch::Tensor>& inputs) {
+    std::vector<SVDLinearImpl*> adapted;
+    for (const auto& named : layers) {
+      if (named.second->has_adapter()) adapted.push_back(named.second.get());
+    }
+    detail::AdapterFactorScope scope(std::move(adapted));
+    return step(inputs);
+  }
+
   /// Whether a step on `device` runs from graphs (a failed capture switches them off for good).
   bool graphs_on(const torch::Device& device) const {
 #ifdef INCRELORA_WITH_CUDA_GRAPHS
@@ -106,7 +118,7 @@ struct GraphedStep::Impl {
   torch::Tensor run_eager(const std::vector<torch::Tensor>& inputs) {
     zero_grads(trainable());
     ++stats.eager_steps;
-    auto loss = step(inputs);
+    auto loss = call_step(inputs);
     INCRELORA_CHECK(loss.defined(), "GraphedStep: the step function returned an undefined tensor; return the loss "
                     "after calling backward() on it.");
     // Detached: a loss that kept its autograd graph would keep the parameters' gradient accumulators (and the
@@ -237,7 +249,7 @@ struct GraphedStep::Impl {
     torch::Tensor loss;
     try {
       zero_by_kind(zero_list);
-      loss = step(entry.inputs);
+      loss = call_step(entry.inputs);
     } catch (const std::exception& e) {
       abandon_capture(entry, device);
       INCRELORA_CHECK(false, "GraphedStep: the training step could not be captured as a CUDA graph: ", e.what(),

@@ -1,5 +1,6 @@
 #include "increlora/svd_linear.hpp"
 
+#include "increlora/detail/adapter_factors.hpp"
 #include "increlora/detail/adapter_function.hpp"
 #include "increlora/errors.hpp"
 
@@ -208,6 +209,7 @@ torch::Tensor SVDLinearImpl::forward(const torch::Tensor& input) {
   detail::AdapterCall call;
   call.in_use = in_use();
   call.dropout = is_training() ? options_.lora_dropout() : 0.0;
+  if (auto* scope = detail::AdapterFactorScope::current()) call.factors = scope->factors(*this, dtype);
   return detail::adapted_linear(cast(input), cast(weight), cast(bias), lora_B, lora_E, lora_A, slot_gate_,
                                 slot_held_, call, score_sink_);
 }

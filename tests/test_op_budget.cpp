@@ -7,6 +7,8 @@
 
 #include "../benchmarks/op_count.hpp"
 
+#include <increlora/detail/adapter_factors.hpp>
+
 #include <torch/autograd.h>
 
 #include <functional>
@@ -71,6 +73,27 @@ TEST_CASE("an adapted layer's forward and backward dispatch a fixed handful of o
   CHECK(total(backward) <= adapter + (scoring ? 6 : 0));
   CHECK(x.grad().defined());
   CHECK(layer->lora_B.grad().defined());
+}
+
+TEST_CASE("with their factors computed together, adapted layers of one shape cost 8 operators and 3-4 each",
+          "[op_budget][factors]") {
+  const double dropout = GENERATE(0.0, 0.1);
+  const int64_t layers = GENERATE(3, 6);
+  CAPTURE(dropout, layers);
+  torch::manual_seed(0);
+  increlora::test::TinyNet net(16, layers, SVDLinearOptions(16, 16).r(2).lora_dropout(dropout).capacity(8));
+  increlora::mark_only_lora_as_trainable(*net);
+  std::vector<increlora::SVDLinearImpl*> held;
+  for (auto& layer : net->fc) held.push_back(layer.get());
+  const auto x = torch::randn({4, 16});
+  const auto forward = ops_of([&] {
+    increlora::detail::AdapterFactorScope scope(held);
+    for (auto& layer : net->fc) (void)layer(x);
+  });
+  INFO("forward: " << describe(forward));
+  // The group's factors: λ, gate, held, P and Q stacked, c, P diag(c) (Q needs no cast in float32). Each layer:
+  // the base product, the mask (dropout only), x Qᵀ and its product added into the output.
+  CHECK(total(forward) <= 7 + layers * (dropout > 0 ? 4 : 3));
 }
 
 TEST_CASE("the regularizer's operator count does not grow with the number of layers of one shape", "[op_budget]") {

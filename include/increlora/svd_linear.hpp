@@ -16,6 +16,9 @@
 #include <vector>
 
 namespace increlora {
+namespace detail {
+class AdapterFactorScope;
+}  // namespace detail
 
 /// Options of `SVDLinear`. The required arguments are the layer's shape; the adapter settings carry the
 /// keyword names of the original `loralib.SVDLinear`.
@@ -172,6 +175,7 @@ class SVDLinearImpl : public torch::nn::Cloneable<SVDLinearImpl> {
   torch::Tensor lora_factor_start;
 
  private:
+  friend class detail::AdapterFactorScope;  // reads the slot coefficients to compute many layers' factors at once
   void register_adapter();
   void write_rank_state();
   std::vector<torch::Tensor> integer_buffers() const;

@@ -9,12 +9,17 @@
 
 namespace increlora::detail {
 
+struct AdapterFactors;
+
 /// Settings of one call of `adapted_linear` that are not tensors.
 struct AdapterCall {
   /// Slots taking part in the forward (active + reserve): the importance score is taken over these.
   int64_t in_use = 0;
   /// Dropout probability on the adapter branch's input (0: none, as in eval mode).
   double dropout = 0.0;
+  /// c = λ ⊙ gate + held, P diag(c) and Q in the compute dtype, computed beforehand for many layers at once
+  /// (`AdapterFactorScope`); null: the call computes them from its tensors.
+  const AdapterFactors* factors = nullptr;
 };
 
 /// y = x Wᵀ + b + ((drop(x) Qᵀ) ⊙ c) Pᵀ for x [..., in], W [out × in], b [out] (may be undefined), and the whole
