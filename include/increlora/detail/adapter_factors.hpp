@@ -26,6 +26,9 @@ struct AdapterFactors {
 /// would otherwise launch three small kernels of its own (72 adapted layers of a BERT-base: 216 kernels a step, on
 /// a GPU a few microseconds each whatever their size, against 8 a group).
 ///
+/// The scope is thread-local state, as LibTorch's grad-mode guards are: a scope on one thread never reaches another
+/// thread's forwards, so two threads never share its lazily computed factors.
+///
 /// The factors hold while the banks, λ and the rank state stay as they were at the first request, as they do during
 /// a training step's forward and backward (the optimizer and the allocator run outside it); a layer whose tensors
 /// were changed since (its version counters tell) computes its own again. `GraphedStep` opens one around each step
