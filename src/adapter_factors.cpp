@@ -29,7 +29,7 @@ AdapterFactorScope::~AdapterFactorScope() { innermost = previous_; }
 
 AdapterFactorScope* AdapterFactorScope::current() { return innermost; }
 
-std::vector<uint32_t> AdapterFactorScope::versions_of(const SVDLinearImpl& layer) {
+std::vector<int64_t> AdapterFactorScope::versions_of(const SVDLinearImpl& layer) {
   return {layer.lora_E._version(), layer.lora_B._version(), layer.lora_A._version(), layer.slot_gate_._version(),
           layer.slot_held_._version()};
 }

@@ -57,11 +57,11 @@ class AdapterFactorScope {
   struct Prepared {
     AdapterFactors factors;
     // What the factors were computed from: the version counters of λ, P, Q and the slot gate and the rank state.
-    std::vector<uint32_t> versions;
+    std::vector<int64_t> versions;
     int64_t active = -1, reserve = -1;
   };
   void prepare(c10::ScalarType dtype);
-  static std::vector<uint32_t> versions_of(const SVDLinearImpl& layer);
+  static std::vector<int64_t> versions_of(const SVDLinearImpl& layer);
 
   std::vector<SVDLinearImpl*> layers_;
   std::unordered_map<const SVDLinearImpl*, size_t> index_;
