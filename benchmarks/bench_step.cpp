@@ -263,8 +263,8 @@ void count_ops(const Args& a, const torch::Device& device, Step step) {
         n += c;
       }
       parts[part] = {{"ops_per_step", static_cast<double>(n) / static_cast<double>(steps)}, {"ops", rows}};
+      total += n;
     }
-    total = counter.total();
   }
   const json out = {{"model", a.model}, {"dtype", a.dtype}, {"device", a.device}, {"phase", a.phase},
                     {"graphs", a.graphs}, {"lora_dropout", a.lora_dropout}, {"reg_orth_coef", a.reg_orth_coef},

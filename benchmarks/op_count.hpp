@@ -52,16 +52,6 @@ class OpCounter {
     std::lock_guard<std::mutex> lock(mutex_);
     return counts_;
   }
-  /// All parts together, or one part.
-  int64_t total(const std::string& part = "") const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    int64_t n = 0;
-    for (const auto& [p, ops] : counts_) {
-      if (!part.empty() && p != part) continue;
-      for (const auto& [name, c] : ops) n += c;
-    }
-    return n;
-  }
 
  private:
   struct Frame {

@@ -46,19 +46,13 @@ struct AdaptedLinearFunction : public torch::autograd::Function<AdaptedLinearFun
 
     torch::Tensor xd = x2, mask;
     if (call.dropout > 0.0) std::tie(xd, mask) = at::native_dropout(x2, call.dropout, /*train=*/true);
-    torch::Tensor coeff, Pc, Qc;
-    if (call.factors != nullptr) {
-      coeff = call.factors->coeff;
-      Pc = call.factors->Pc;
-      Qc = call.factors->Qc;
-    } else {
-      coeff = torch::addcmul(held, lambda, gate);  // c = λ ⊙ gate + held, in the banks' dtype
-      // P diag(c) and Q in the compute dtype: small [out × capacity] and [capacity × in] kernels, the scaling and
-      // the cast of P in one (mul_out computes in the banks' dtype and stores in the output's).
-      Pc = torch::empty(P.sizes(), P.options().dtype(dtype));
-      at::mul_out(Pc, P, coeff);
-      Qc = Q.to(dtype);
-    }
+    // c = λ ⊙ gate + held, P diag(c) and Q in the compute dtype: computed beforehand for many layers at once, or
+    // here (three small kernels).
+    const auto factors =
+        call.factors != nullptr ? *call.factors : make_adapter_factors(P, lambda, Q, gate, held, dtype);
+    const auto& coeff = factors.coeff;
+    const auto& Pc = factors.Pc;
+    const auto& Qc = factors.Qc;
     const auto h = torch::mm(xd, Qc.t());  // [tokens × capacity]
     y.addmm_(h, Pc.t());                   // the adapter adds into the base output: no separate add
 

@@ -1,6 +1,7 @@
 #include "increlora/graphed_step.hpp"
 
 #include "increlora/detail/adapter_factors.hpp"
+#include "increlora/detail/tensor_kind.hpp"
 #include "increlora/errors.hpp"
 #include "increlora/modules.hpp"
 #include "increlora/svd_linear.hpp"
@@ -22,7 +23,6 @@
 #include <map>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <unordered_map>
 #include <utility>
 
@@ -52,13 +52,18 @@ void append_shape(Key& key, const torch::Tensor& t) {
 
 struct GraphedStep::Impl {
   Impl(torch::nn::Module& m, StepFunction f, GraphedStepOptions o)
-      : model(m), step(std::move(f)), options(o), layers(named_svd_linears(m, /*adapters_only=*/false)) {}
+      : model(m), step(std::move(f)), options(o), layers(named_svd_linears(m, /*adapters_only=*/false)) {
+    for (const auto& named : layers) {
+      if (named.second->has_adapter()) adapted.push_back(named.second.get());
+    }
+  }
 
   torch::nn::Module& model;
   StepFunction step;
   GraphedStepOptions options;
   GraphedStepStats stats;
   std::vector<NamedSVDLinear> layers;
+  std::vector<SVDLinearImpl*> adapted;  // the layers with adapter banks, for the factor scope of each step
   int64_t device_eager_steps = 0;
 
   torch::Device device() const {
@@ -88,21 +93,15 @@ struct GraphedStep::Impl {
   /// (float32 banks beside a bf16 head, say) falls back to one fill kernel per tensor, which in a graph of an
   /// adapted BERT-base was 250 launches a step. So each (device, dtype) group is zeroed by its own call.
   static void zero_by_kind(const std::vector<torch::Tensor>& tensors) {
-    std::map<std::tuple<int, int, int>, std::vector<torch::Tensor>> groups;  // (device type, index, dtype)
-    for (const auto& t : tensors) {
-      groups[{static_cast<int>(t.device().type()), t.device().index(), static_cast<int>(t.scalar_type())}].push_back(t);
-    }
+    std::map<detail::TensorKind, std::vector<torch::Tensor>> groups;
+    for (const auto& t : tensors) groups[detail::kind_of(t)].push_back(t);
     for (auto& group : groups) at::_foreach_zero_(group.second);
   }
 
   /// The step function, with the adapted layers' factors computed together (detail::AdapterFactorScope): inside a
   /// capture, the stacking kernels are recorded with the step and recompute the factors at each replay.
   torch::Tensor call_step(const std::vector<torch::Tensor>& inputs) {
-    std::vector<SVDLinearImpl*> adapted;
-    for (const auto& named : layers) {
-      if (named.second->has_adapter()) adapted.push_back(named.second.get());
-    }
-    detail::AdapterFactorScope scope(std::move(adapted));
+    detail::AdapterFactorScope scope(adapted);
     return step(inputs);
   }
 

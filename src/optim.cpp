@@ -1,5 +1,7 @@
 #include "increlora/optim.hpp"
 
+#include "increlora/detail/tensor_kind.hpp"
+
 #include "increlora/errors.hpp"
 #include "increlora/modules.hpp"
 #include "increlora/svd_linear.hpp"
@@ -17,7 +19,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <tuple>
 #include <vector>
 
 namespace increlora {
@@ -121,7 +122,7 @@ void FusedAdamW::track_adapter_slots(const torch::nn::Module& model, int64_t glo
     for (const auto& p : param_groups()[g].params()) group_of[p.unsafeGetTensorImpl()] = g;
   }
   // Buckets by (group, device, dtype); their buffers are allocated once every bank is known.
-  std::map<std::tuple<size_t, int, int, int>, std::shared_ptr<SlotBucket>> buckets;
+  std::map<std::pair<size_t, detail::TensorKind>, std::shared_ptr<SlotBucket>> buckets;
   std::vector<std::pair<TrackedBank*, std::vector<double>>> initial_counts;
   for (const auto& entry : layers) {
     const auto& name = entry.first;  // a plain reference: lambdas capture no structured binding (C++20)
@@ -159,8 +160,7 @@ void FusedAdamW::track_adapter_slots(const torch::nn::Module& model, int64_t glo
           if (st.max_exp_avg_sq().defined()) bank.slots(st.max_exp_avg_sq(), slot, 1).zero_();
         }
       }
-      auto& bucket = buckets[{it->second, static_cast<int>(param.device().type()), param.device().index(),
-                              static_cast<int>(param.scalar_type())}];
+      auto& bucket = buckets[{it->second, detail::kind_of(param)}];
       if (!bucket) bucket = std::make_shared<SlotBucket>();
       bank.bucket = bucket;
       bank.offset = bucket->numel;
@@ -331,7 +331,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
     struct Lists {
       std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
     };
-    std::map<std::tuple<int, int, int>, Lists> groups;
+    std::map<detail::TensorKind, Lists> groups;
     std::vector<TrackedBank*> tracked;
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
@@ -353,7 +353,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
                                          torch::TensorOptions().dtype(torch::kFloat).device(p.device()));
         device_step.host = s.step();
       }
-      auto& lists = groups[{static_cast<int>(p.device().type()), p.device().index(), static_cast<int>(p.scalar_type())}];
+      auto& lists = groups[detail::kind_of(p)];
       lists.params.push_back(p);
       lists.grads.push_back(grad);
       lists.exp_avgs.push_back(s.exp_avg());

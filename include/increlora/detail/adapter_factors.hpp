@@ -5,6 +5,7 @@
 
 #include <torch/types.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <unordered_map>
@@ -20,6 +21,12 @@ struct AdapterFactors {
   torch::Tensor coeff, Pc, Qc;
 };
 
+/// The factors from the banks: P [..., out, capacity], λ, gate, held [..., capacity], Q [..., capacity, in], one
+/// layer's or a stack of layers' (leading dimension K), with P diag(c) and Q in `dtype`. The one definition both a
+/// layer's own forward and `AdapterFactorScope` use, so that the stacked factors equal a layer's own bit for bit.
+AdapterFactors make_adapter_factors(const torch::Tensor& P, const torch::Tensor& lambda, const torch::Tensor& Q,
+                                    const torch::Tensor& gate, const torch::Tensor& held, c10::ScalarType dtype);
+
 /// While one is alive on a thread (the innermost, when nested), the forwards of the layers given to it take their
 /// adapter factors from it: on the first request for a compute dtype it computes the factors of every layer at
 /// once, a few kernels over each group of layers whose banks have one shape (stacked), where each layer's forward
@@ -31,7 +38,8 @@ struct AdapterFactors {
 ///
 /// The factors hold while the banks, λ and the rank state stay as they were at the first request, as they do during
 /// a training step's forward and backward (the optimizer and the allocator run outside it); a layer whose tensors
-/// were changed since (its version counters tell) computes its own again. `GraphedStep` opens one around each step
+/// were changed since computes its own again (the version counters of its banks and slot coefficients tell: a rank
+/// change rewrites the slot coefficients in place). `GraphedStep` opens one around each step
 /// it runs, eagerly or into a CUDA graph (the stacking kernels are then part of the graph and run at each replay).
 class AdapterFactorScope {
  public:
@@ -54,14 +62,14 @@ class AdapterFactorScope {
   static constexpr size_t kMinGroup = 3;
 
  private:
+  // The version counters of λ, P, Q and the slot gate and held values: what the factors were computed from.
+  using Versions = std::array<int64_t, 5>;
   struct Prepared {
     AdapterFactors factors;
-    // What the factors were computed from: the version counters of λ, P, Q and the slot gate and the rank state.
-    std::vector<int64_t> versions;
-    int64_t active = -1, reserve = -1;
+    Versions versions{};
   };
   void prepare(c10::ScalarType dtype);
-  static std::vector<int64_t> versions_of(const SVDLinearImpl& layer);
+  static Versions versions_of(const SVDLinearImpl& layer);
 
   std::vector<SVDLinearImpl*> layers_;
   std::unordered_map<const SVDLinearImpl*, size_t> index_;
